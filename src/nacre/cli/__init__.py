@@ -1,0 +1,38 @@
+"""The ``nacre`` command. Thin: parsing arguments, calling the library, rendering results."""
+
+from __future__ import annotations
+
+import typer
+
+from nacre.cli.verify_cmd import verify_command
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="nacre",
+    help="TEE attestation, key broker and confidential computing on Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("verify")(verify_command)
+
+
+@app.callback()
+def _root() -> None:
+    """nacre: verify TEE evidence, manage collateral, run the attestation service."""
+
+
+def _register_optional() -> None:
+    try:
+        from nacre.cli.collateral_cmd import collateral_app
+    except ImportError:  # pragma: no cover - only while the module is absent
+        return
+    app.add_typer(collateral_app, name="collateral", help="Fetch, cache and serve collateral.")
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()

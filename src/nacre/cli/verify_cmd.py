@@ -1,0 +1,152 @@
+"""``nacre verify EVIDENCE``: exit 0 verified, 1 rejected, 2 usage or I/O error."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nacre.appraisal.baseline import BaselinePolicy, appraise_baseline
+from nacre.cli.render import render_rejection, render_result, render_usage_error
+from nacre.collateral.bundle import CollateralBundle
+from nacre.collateral.trust import TrustRoots
+from nacre.errors import NacreError, PolicyViolationError, UsageError, VerificationError
+from nacre.evidence import detect_kind, parse_evidence
+from nacre.verify import verify
+
+__all__ = ["verify_command"]
+
+
+def _parse_time(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            "--at is not an ISO-8601 time",
+            field="--at",
+            expected="e.g. 2025-02-28T03:00:00Z",
+            actual=text,
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _evidence_facts(data: bytes) -> tuple[str | None, int | None]:
+    try:
+        ev = parse_evidence(data)
+    except NacreError:
+        return None, None
+    kind = detect_kind(data)
+    if kind == "dcap":
+        from nacre.evidence.dcap import DcapQuote
+
+        assert isinstance(ev, DcapQuote)
+        return ev.tee, ev.header.version
+    return "snp", int(getattr(ev, "version", 0))
+
+
+def _json_out(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def verify_command(
+    evidence: Annotated[Path, typer.Argument(help="SGX/TDX quote or SEV-SNP report (raw bytes).")],
+    collateral: Annotated[
+        Path | None,
+        typer.Option(help="Collateral bundle directory (default: the evidence's directory)."),
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Verify as of this ISO-8601 time (default: now).")
+    ] = None,
+    trust_root: Annotated[
+        Path | None,
+        typer.Option(help="PEM/DER root that replaces the pinned Intel/AMD roots for this call."),
+    ] = None,
+    trust_sim: Annotated[
+        bool, typer.Option("--trust-sim", help="Trust nacre's simulation root.")
+    ] = False,
+    policy: Annotated[Path | None, typer.Option(help="Appraisal policy file.")] = None,
+    allow_debug: Annotated[
+        bool, typer.Option("--allow-debug", help="UNSAFE: accept debug enclaves/TDs/guests.")
+    ] = False,
+    unsafe_allow_sept_ve: Annotated[
+        bool,
+        typer.Option("--unsafe-allow-sept-ve", help="UNSAFE: accept TDs without SEPT_VE_DISABLE."),
+    ] = False,
+    allow_service_td: Annotated[
+        bool, typer.Option("--allow-service-td", help="Accept TDs bound to a service TD.")
+    ] = False,
+    unsafe_allow_revoked_tcb: Annotated[
+        bool, typer.Option("--unsafe-allow-revoked-tcb", help="UNSAFE: accept a Revoked TCB.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Verify TEE evidence against collateral and the baseline policy."""
+    tee: str | None = None
+    version: int | None = None
+    try:
+        if trust_sim:
+            raise UsageError(
+                "--trust-sim: the simulation platform (nacre sim) is not built yet",
+                field="--trust-sim",
+                hint="simulated evidence arrives with the TEE SDK; verify real evidence for now",
+            )
+        if policy is not None:
+            raise UsageError(
+                "--policy: appraisal policy files are not supported yet; the baseline policy applies",
+                field="--policy",
+                hint="drop --policy; the baseline policy (no debug, no revoked TCB) is applied",
+            )
+        try:
+            data = evidence.read_bytes()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read evidence {evidence}: {exc.strerror}", field="EVIDENCE"
+            ) from exc
+        tee, version = _evidence_facts(data)
+        bundle = CollateralBundle.from_dir(collateral or evidence.parent)
+        trust = TrustRoots.from_file(trust_root) if trust_root else None
+        now = _parse_time(at)
+        result = verify(data, collateral=bundle, now=now, trust=trust)
+        appraise_baseline(
+            result,
+            BaselinePolicy(
+                allow_debug=allow_debug,
+                unsafe_allow_sept_ve=unsafe_allow_sept_ve,
+                allow_service_td=allow_service_td,
+                unsafe_allow_revoked_tcb=unsafe_allow_revoked_tcb,
+            ),
+        )
+    except VerificationError as exc:
+        verified = exc.verified if isinstance(exc, PolicyViolationError) else None
+        if as_json:
+            _json_out(
+                {
+                    "verdict": "rejected",
+                    "tee": verified.tee if verified else tee,
+                    "version": verified.version if verified else version,
+                    "tcb_status": verified.tcb_status if verified else None,
+                    "advisory_ids": list(verified.advisory_ids) if verified else [],
+                    "claims": dict(verified.claims) if verified else {},
+                    "sim": verified.sim if verified else False,
+                    "error": exc.to_dict(),
+                }
+            )
+        else:
+            render_rejection(exc, verified)
+        raise typer.Exit(1) from None
+    except NacreError as exc:
+        if as_json:
+            _json_out({"verdict": "error", "tee": tee, "version": version, "error": exc.to_dict()})
+        else:
+            render_usage_error(exc)
+        raise typer.Exit(2) from None
+    if as_json:
+        _json_out({"verdict": "ok", **result.to_dict(), "error": None})
+    else:
+        render_result(result)

@@ -1,0 +1,145 @@
+"""Loading certificates and CRLs in PEM or DER, within named limits.
+
+AMD's VCEK and VLEK certificates carry serial number 0, which RFC 5280 forbids and `cryptography`
+(>= 42) loads with a ``CryptographyDeprecationWarning``. nacre loads them deliberately: the warning is
+suppressed for exactly that one load call, the dependency range in ``pyproject.toml`` is pinned to
+releases that still load them, and ``tests/test_certs.py`` fails the day a release refuses them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
+
+from nacre.errors import CollateralError, LimitExceededError
+from nacre.limits import MAX_CERT_CHAIN_DEPTH, MAX_CRL_BYTES, MAX_PEM_CHAIN_BYTES
+
+__all__ = ["load_certificate", "load_crl", "load_pem_chain"]
+
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+def _load_der_tolerating_zero_serial(der: bytes) -> x509.Certificate:
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=".*serial number which wasn't positive.*",
+            category=CryptographyDeprecationWarning,
+        )
+        return x509.load_der_x509_certificate(der)
+
+
+def load_certificate(data: bytes, *, field: str) -> x509.Certificate:
+    """One certificate, PEM or DER."""
+    if len(data) > MAX_PEM_CHAIN_BYTES:
+        raise LimitExceededError(
+            f"{field} is too large",
+            field=field,
+            expected=f"<= {MAX_PEM_CHAIN_BYTES} bytes",
+            actual=f"{len(data)} bytes",
+        )
+    try:
+        if _PEM_BEGIN in data:
+            chain = load_pem_chain(data, field=field)
+            if len(chain) != 1:
+                raise CollateralError(
+                    f"{field} must hold exactly one certificate",
+                    code="CERT_CHAIN_INVALID",
+                    field=field,
+                    expected="1 certificate",
+                    actual=f"{len(chain)} certificates",
+                )
+            return chain[0]
+        return _load_der_tolerating_zero_serial(data)
+    except ValueError as exc:
+        raise CollateralError(
+            f"{field} is not a certificate",
+            code="CERT_CHAIN_INVALID",
+            field=field,
+            expected="a PEM or DER X.509 certificate",
+            actual=str(exc),
+        ) from exc
+
+
+def load_pem_chain(data: bytes, *, field: str) -> tuple[x509.Certificate, ...]:
+    """A PEM certificate chain, leaf first. A trailing NUL (as in DCAP quotes) is accepted."""
+    if len(data) > MAX_PEM_CHAIN_BYTES:
+        raise LimitExceededError(
+            f"{field} is too large",
+            field=field,
+            expected=f"<= {MAX_PEM_CHAIN_BYTES} bytes",
+            actual=f"{len(data)} bytes",
+        )
+    text = data.rstrip(b"\x00")
+    if b"\x00" in text:
+        raise CollateralError(
+            f"{field} has a NUL byte inside the PEM text",
+            code="CERT_CHAIN_INVALID",
+            field=field,
+            expected="PEM text, optionally NUL-terminated",
+            actual=f"NUL at offset {text.index(bytes(1))}",
+        )
+    count = text.count(_PEM_BEGIN)
+    if count == 0:
+        raise CollateralError(
+            f"{field} holds no PEM certificate",
+            code="CERT_CHAIN_INVALID",
+            field=field,
+            expected="at least one '-----BEGIN CERTIFICATE-----' block",
+            actual=f"{len(data)} bytes without one",
+        )
+    if count > MAX_CERT_CHAIN_DEPTH:
+        raise LimitExceededError(
+            f"{field} has too many certificates",
+            field=field,
+            expected=f"<= {MAX_CERT_CHAIN_DEPTH}",
+            actual=str(count),
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message=".*serial number which wasn't positive.*",
+                category=CryptographyDeprecationWarning,
+            )
+            certs = x509.load_pem_x509_certificates(text)
+    except ValueError as exc:
+        raise CollateralError(
+            f"{field} is not a valid PEM certificate chain",
+            code="CERT_CHAIN_INVALID",
+            field=field,
+            expected="PEM X.509 certificates",
+            actual=str(exc),
+        ) from exc
+    return tuple(certs)
+
+
+def load_crl(data: bytes, *, field: str) -> x509.CertificateRevocationList:
+    """A CRL in DER or PEM (PCCS serves both; some serve DER as hex text)."""
+    if len(data) > MAX_CRL_BYTES:
+        raise LimitExceededError(
+            f"{field} is too large",
+            field=field,
+            expected=f"<= {MAX_CRL_BYTES} bytes",
+            actual=f"{len(data)} bytes",
+        )
+    stripped = data.strip()
+    try:
+        if stripped.startswith(b"-----BEGIN X509 CRL-----"):
+            return x509.load_pem_x509_crl(stripped)
+        if stripped and all(c in b"0123456789abcdefABCDEF" for c in stripped[:64]):
+            try:
+                return x509.load_der_x509_crl(bytes.fromhex(stripped.decode("ascii")))
+            except ValueError:
+                pass
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise CollateralError(
+            f"{field} is not a CRL",
+            code="CRL_INVALID",
+            field=field,
+            expected="a DER or PEM X.509 CRL",
+            actual=str(exc),
+        ) from exc

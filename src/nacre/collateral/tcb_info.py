@@ -1,0 +1,246 @@
+"""Intel TCB info, versions 2 (SGX, PCS API v3) and 3 (SGX and TDX, PCS API v4), parsed strictly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from nacre.collateral.signed_json import SignedJson, parse_signed_json
+from nacre.errors import CollateralError
+
+__all__ = [
+    "TCB_STATUSES",
+    "TcbInfo",
+    "TcbLevel",
+    "TdxModule",
+    "TdxModuleIdentity",
+    "TdxModuleLevel",
+    "parse_iso_time",
+    "parse_tcb_info",
+]
+
+TCB_STATUSES: Final = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TcbLevel:
+    sgx_components: tuple[int, ...]
+    pce_svn: int
+    tdx_components: tuple[int, ...] | None
+    status: str
+    date: str
+    advisory_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TdxModuleLevel:
+    isvsvn: int
+    status: str
+    date: str
+    advisory_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TdxModule:
+    mrsigner: bytes
+    attributes: bytes
+    attributes_mask: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TdxModuleIdentity:
+    id: str
+    module: TdxModule
+    levels: tuple[TdxModuleLevel, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TcbInfo:
+    id: str  # "SGX" or "TDX" (v2 has no id: SGX)
+    version: int
+    issue_date: datetime
+    next_update: datetime
+    fmspc: bytes
+    pce_id: bytes
+    tcb_type: int
+    tcb_evaluation_data_number: int
+    levels: tuple[TcbLevel, ...]
+    tdx_module: TdxModule | None
+    tdx_module_identities: tuple[TdxModuleIdentity, ...]
+    signed: SignedJson
+
+
+class _Fields:
+    """Typed access to a JSON object, naming the path in every error."""
+
+    def __init__(self, obj: Any, path: str) -> None:
+        if not isinstance(obj, dict):
+            raise _bad(path, "an object", type(obj).__name__)
+        self.obj: dict[str, Any] = obj
+        self.path = path
+
+    def raw(self, key: str) -> Any:
+        if key not in self.obj:
+            raise _bad(f"{self.path}.{key}", "present", "missing")
+        return self.obj[key]
+
+    def int(self, key: str, lo: int = 0, hi: int = 2**32 - 1) -> int:
+        v = self.raw(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise _bad(f"{self.path}.{key}", f"an integer in {lo}..{hi}", repr(v))
+        return v
+
+    def str(self, key: str) -> str:
+        v = self.raw(key)
+        if not isinstance(v, str):
+            raise _bad(f"{self.path}.{key}", "a string", repr(v))
+        return v
+
+    def hex(self, key: str, size: int) -> bytes:
+        v = self.str(key)
+        try:
+            out = bytes.fromhex(v)
+        except ValueError:
+            raise _bad(f"{self.path}.{key}", f"{2 * size} hex digits", repr(v)) from None
+        if len(out) != size:
+            raise _bad(f"{self.path}.{key}", f"{2 * size} hex digits", repr(v))
+        return out
+
+    def time(self, key: str) -> datetime:
+        return parse_iso_time(self.str(key), f"{self.path}.{key}")
+
+    def list(self, key: str, *, required: bool = True) -> list[Any]:
+        if not required and key not in self.obj:
+            return []
+        v = self.raw(key)
+        if not isinstance(v, list):
+            raise _bad(f"{self.path}.{key}", "a list", type(v).__name__)
+        return v
+
+    def status(self, key: str = "tcbStatus") -> str:
+        v = self.str(key)
+        if v not in TCB_STATUSES:
+            raise _bad(f"{self.path}.{key}", " | ".join(TCB_STATUSES), repr(v))
+        return v
+
+    def advisories(self) -> tuple[str, ...]:
+        items = self.list("advisoryIDs", required=False)
+        if not all(isinstance(a, str) for a in items):
+            raise _bad(f"{self.path}.advisoryIDs", "a list of strings", repr(items))
+        return tuple(items)
+
+
+def _bad(field: str, expected: str, actual: str) -> CollateralError:
+    return CollateralError(
+        "collateral JSON does not have the form Intel publishes",
+        code="COLLATERAL_MALFORMED",
+        field=field,
+        expected=expected,
+        actual=actual[:80],
+        hint="fetch it again from Intel PCS or your PCCS",
+    )
+
+
+def parse_iso_time(text: str, field: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _bad(field, "an ISO-8601 UTC time", repr(text)) from None
+    if value.tzinfo is None:
+        raise _bad(field, "a time with a zone (Z)", repr(text))
+    return value
+
+
+def _module(f: _Fields) -> TdxModule:
+    return TdxModule(f.hex("mrsigner", 48), f.hex("attributes", 8), f.hex("attributesMask", 8))
+
+
+def _level(raw: Any, path: str, version: int, is_tdx: bool) -> TcbLevel:
+    f = _Fields(raw, path)
+    tcb = _Fields(f.raw("tcb"), f"{path}.tcb")
+    if version == 2:
+        sgx = tuple(tcb.int(f"sgxtcbcomp{i:02d}svn", 0, 255) for i in range(1, 17))
+        tdx = None
+    else:
+        comps = tcb.list("sgxtcbcomponents")
+        if len(comps) != 16:
+            raise _bad(f"{path}.tcb.sgxtcbcomponents", "16 components", str(len(comps)))
+        sgx = tuple(
+            _Fields(c, f"{path}.tcb.sgxtcbcomponents[{i}]").int("svn", 0, 255)
+            for i, c in enumerate(comps)
+        )
+        tdx = None
+        if is_tdx:
+            tcomps = tcb.list("tdxtcbcomponents")
+            if len(tcomps) != 16:
+                raise _bad(f"{path}.tcb.tdxtcbcomponents", "16 components", str(len(tcomps)))
+            tdx = tuple(
+                _Fields(c, f"{path}.tcb.tdxtcbcomponents[{i}]").int("svn", 0, 255)
+                for i, c in enumerate(tcomps)
+            )
+    return TcbLevel(
+        sgx_components=sgx,
+        pce_svn=tcb.int("pcesvn", 0, 0xFFFF),
+        tdx_components=tdx,
+        status=f.status(),
+        date=f.str("tcbDate"),
+        advisory_ids=f.advisories(),
+    )
+
+
+def parse_tcb_info(body: bytes) -> TcbInfo:
+    """Parse a PCS ``/tcb`` response body. Signature checking is :mod:`nacre.verify`'s job."""
+    signed = parse_signed_json(body, "tcbInfo", what="TCB info")
+    f = _Fields(signed.value, "tcbInfo")
+    version = f.int("version")
+    if version not in (2, 3):
+        raise _bad("tcbInfo.version", "2 or 3", str(version))
+    tcb_id = "SGX" if version == 2 else f.str("id")
+    if tcb_id not in ("SGX", "TDX"):
+        raise _bad("tcbInfo.id", "SGX or TDX", repr(tcb_id))
+    is_tdx = tcb_id == "TDX"
+    levels = tuple(
+        _level(lv, f"tcbInfo.tcbLevels[{i}]", version, is_tdx)
+        for i, lv in enumerate(f.list("tcbLevels"))
+    )
+    if not levels:
+        raise _bad("tcbInfo.tcbLevels", "at least one level", "none")
+    module = None
+    identities: list[TdxModuleIdentity] = []
+    if is_tdx:
+        module = _module(_Fields(f.raw("tdxModule"), "tcbInfo.tdxModule"))
+        for i, raw in enumerate(f.list("tdxModuleIdentities", required=False)):
+            mf = _Fields(raw, f"tcbInfo.tdxModuleIdentities[{i}]")
+            mlevels = []
+            for j, lv in enumerate(mf.list("tcbLevels")):
+                lf = _Fields(lv, f"{mf.path}.tcbLevels[{j}]")
+                tcb = _Fields(lf.raw("tcb"), f"{lf.path}.tcb")
+                mlevels.append(
+                    TdxModuleLevel(
+                        tcb.int("isvsvn", 0, 255), lf.status(), lf.str("tcbDate"), lf.advisories()
+                    )
+                )
+            identities.append(TdxModuleIdentity(mf.str("id"), _module(mf), tuple(mlevels)))
+    return TcbInfo(
+        id=tcb_id,
+        version=version,
+        issue_date=f.time("issueDate"),
+        next_update=f.time("nextUpdate"),
+        fmspc=f.hex("fmspc", 6),
+        pce_id=f.hex("pceId", 2),
+        tcb_type=f.int("tcbType"),
+        tcb_evaluation_data_number=f.int("tcbEvaluationDataNumber"),
+        levels=levels,
+        tdx_module=module,
+        tdx_module_identities=tuple(identities),
+        signed=signed,
+    )

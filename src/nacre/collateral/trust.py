@@ -1,0 +1,107 @@
+"""Trust anchors: Intel's SGX Root CA and AMD's ARKs ship as package data and are the defaults.
+
+Nothing in a collateral bundle can make itself trusted: the anchors come only from here, from a
+``--trust-root`` file the caller names, or from the simulation root when the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from nacre.collateral.certs import load_certificate
+from nacre.errors import UsageError
+
+__all__ = ["AMD_PRODUCTS", "TrustRoots"]
+
+#: AMD product lines whose ARK ships with nacre, keyed by the name KDS uses.
+AMD_PRODUCTS: Final = ("Milan", "Genoa", "Turin")
+
+# SHA-256 fingerprints of the shipped anchors: a damaged or swapped package file fails loudly.
+_PINNED_SHA256: Final = {
+    "intel_sgx_root_ca.pem": "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3",
+    "amd_ark_milan.pem": "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+    "amd_ark_genoa.pem": "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+}
+
+
+def _packaged(name: str) -> x509.Certificate:
+    data = resources.files("nacre.collateral").joinpath("data", name).read_bytes()
+    cert = load_certificate(data, field=name)
+    pinned = _PINNED_SHA256.get(name)
+    if pinned is not None:
+        actual = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+        if actual != pinned:
+            raise RuntimeError(f"packaged trust anchor {name} was modified: sha256 {actual}")
+    return cert
+
+
+@dataclass(frozen=True, slots=True)
+class TrustRoots:
+    """The anchors one verification call trusts.
+
+    ``intel``: roots a PCK chain and the collateral signing chains must end in.
+    ``amd``: ARKs an SNP chain must end in, by product name.
+    ``simulation``: whether these roots are nacre's simulation roots (results say ``sim: true``).
+    """
+
+    intel: tuple[x509.Certificate, ...]
+    amd: dict[str, x509.Certificate] = field(default_factory=dict)
+    simulation: bool = False
+
+    @classmethod
+    def default(cls) -> TrustRoots:
+        """Intel SGX Root CA and the AMD ARKs shipped with nacre."""
+        return _DEFAULT
+
+    @classmethod
+    def from_certificates(
+        cls, certs: tuple[x509.Certificate, ...] | list[x509.Certificate]
+    ) -> TrustRoots:
+        """Private PKI or tests: these certificates replace every pinned root for the call."""
+        amd = {f"custom-{i}": c for i, c in enumerate(certs)}
+        return cls(intel=tuple(certs), amd=amd, simulation=False)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrustRoots:
+        """``--trust-root FILE``: one or more PEM certificates, or one DER certificate."""
+        p = Path(path)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read trust root {p}: {exc.strerror}",
+                field="--trust-root",
+                hint="pass a PEM or DER certificate file",
+            ) from exc
+        from nacre.collateral.certs import load_pem_chain
+
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            certs = load_pem_chain(data, field=str(p))
+        else:
+            certs = (load_certificate(data, field=str(p)),)
+        return cls.from_certificates(certs)
+
+    def amd_anchor_for(self, product: str | None) -> list[x509.Certificate]:
+        """ARKs to try for an SNP chain of ``product`` (all of them when unknown or custom)."""
+        if product is not None and product in self.amd:
+            return [self.amd[product]]
+        return list(self.amd.values())
+
+
+def _load_default() -> TrustRoots:
+    amd: dict[str, x509.Certificate] = {}
+    for product in AMD_PRODUCTS:
+        name = f"amd_ark_{product.lower()}.pem"
+        if resources.files("nacre.collateral").joinpath("data", name).is_file():
+            amd[product] = _packaged(name)
+    return TrustRoots(intel=(_packaged("intel_sgx_root_ca.pem"),), amd=amd)
+
+
+_DEFAULT: Final = _load_default()

@@ -1,0 +1,71 @@
+"""Cache of collateral-side verification results (chains, CRLs, signed TCB info / QE identity).
+
+Keyed by content hash, bounded (LRU), thread-safe. Every entry carries the validity windows it
+depends on; a hit is served only when ``now`` lies inside all of them, otherwise the work is redone
+(and fails with the precise error). Evidence signatures are never cached: real evidence never repeats.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from nacre.limits import VERIFY_CACHE_ENTRIES
+
+__all__ = ["VerifyCache", "Window", "default_cache"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    not_before: datetime
+    not_after: datetime
+
+    def contains(self, now: datetime) -> bool:
+        return self.not_before <= now <= self.not_after
+
+
+class VerifyCache:
+    def __init__(self, max_entries: int = VERIFY_CACHE_ENTRIES) -> None:
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, tuple[Any, tuple[Window, ...]]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_compute(
+        self, key: bytes, now: datetime, compute: Callable[[], tuple[T, tuple[Window, ...]]]
+    ) -> T:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and all(w.contains(now) for w in entry[1]):
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return entry[0]  # type: ignore[no-any-return]
+        self.misses += 1
+        value, windows = compute()
+        with self._lock:
+            self._entries[key] = (value, windows)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_DEFAULT = VerifyCache()
+
+
+def default_cache() -> VerifyCache:
+    return _DEFAULT

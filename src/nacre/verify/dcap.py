@@ -1,0 +1,655 @@
+"""Verification of Intel SGX and TDX ECDSA (DCAP) quotes against Intel PCS v4 collateral.
+
+The steps follow Intel's Quote Verification Library and the SGX/TDX DCAP Quoting Library API:
+collateral first (cached by content, re-checked against ``now``), then the quote's own signatures
+(never cached), then TCB level matching and status convergence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from nacre.collateral.bundle import CollateralBundle
+from nacre.collateral.certs import load_crl, load_pem_chain
+from nacre.collateral.pck import PckExtensions, parse_pck_extensions, pck_ca_kind
+from nacre.collateral.qe_identity import EnclaveIdentity, parse_qe_identity
+from nacre.collateral.tcb_info import TcbInfo, parse_tcb_info
+from nacre.collateral.trust import TrustRoots
+from nacre.errors import CollateralError, MalformedEvidenceError, VerificationError
+from nacre.evidence.dcap import INTEL_QE_VENDOR_ID, DcapQuote
+from nacre.evidence.sgx import EnclaveReportBody
+from nacre.evidence.tdx import TdReport10, TdReport15
+from nacre.verify.cache import VerifyCache, Window, default_cache
+from nacre.verify.chain import check_crl, check_not_revoked, check_time, verify_chain_to_anchor
+from nacre.verify.result import (
+    ChainLink,
+    Check,
+    CollateralItem,
+    TcbMatch,
+    VerifiedEvidence,
+    _make,
+)
+from nacre.verify.tcb import StatusWithAdvisories, converge, match_platform_level, match_qe_level
+
+__all__ = ["verify_dcap"]
+
+_ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
+_REFETCH: Final = "refresh it with: nacre collateral fetch EVIDENCE --out DIR"
+
+
+# --------------------------------------------------------------------------- collateral side
+
+
+def _need(bundle: CollateralBundle, name: str) -> bytes:
+    data = bundle.get(name)
+    if data is None:
+        raise CollateralError(
+            f"the collateral bundle has no {name}",
+            code="COLLATERAL_MISSING",
+            field=name,
+            expected="present in the --collateral directory",
+            actual="missing",
+            hint=_REFETCH,
+        )
+    return data
+
+
+def _anchors_key(anchors: Sequence[x509.Certificate]) -> bytes:
+    return b"".join(a.fingerprint(hashes.SHA256()) for a in anchors)
+
+
+def _raw_sig_ok(key: ec.EllipticCurvePublicKey, raw: bytes, data: bytes) -> bool:
+    if len(raw) != 64:
+        return False
+    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    try:
+        key.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _ec_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise CollateralError(
+            f"{what} key is not ECDSA P-256",
+            code="CERT_CHAIN_INVALID",
+            field=f"{what} public key",
+            expected="EC P-256",
+            actual=type(key).__name__,
+        )
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class _RootCrl:
+    crl: x509.CertificateRevocationList
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class _Pck:
+    key: ec.EllipticCurvePublicKey
+    ext: PckExtensions
+    ca: str
+    links: tuple[ChainLink, ...]
+    pck_crl_window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class _Signed:
+    tcb_info: TcbInfo | None
+    identity: EnclaveIdentity | None
+    links: tuple[ChainLink, ...]
+
+
+class _Collateral:
+    """Verifies each collateral item once per content (cached), against ``trust`` at ``now``."""
+
+    def __init__(
+        self, bundle: CollateralBundle, trust: TrustRoots, now: datetime, cache: VerifyCache
+    ) -> None:
+        self.bundle = bundle
+        self.anchors = trust.intel
+        self.now = now
+        self.cache = cache
+        self.akey = _anchors_key(self.anchors)
+
+    def _key(self, tag: bytes, *parts: bytes) -> bytes:
+        return hashlib.sha256(tag + self.akey + b"".join(parts)).digest()
+
+    def root_crl(self) -> _RootCrl:
+        # Step 1. The root CA CRL is signed by the trust anchor and current.
+        raw = _need(self.bundle, "root_ca_crl.der")
+
+        def compute() -> tuple[_RootCrl, tuple[Window, ...]]:
+            crl = load_crl(raw, field="root_ca_crl.der")
+            issuers = [a for a in self.anchors if a.subject == crl.issuer] or list(self.anchors)
+            window = check_crl(crl, issuers[0], self.now, what="Intel SGX Root CA CRL")
+            return _RootCrl(crl, window), (window,)
+
+        key = self._key(b"rootcrl", self.bundle.digests["root_ca_crl.der"])
+        return self.cache.get_or_compute(key, self.now, compute)
+
+    def pck(self, pem: bytes, root: _RootCrl) -> _Pck:
+        # Step 2. PCK leaf -> PCK Processor/Platform CA -> Intel SGX Root CA; CRLs of both CAs.
+        raw_crl = _need(self.bundle, "pck_crl.der")
+
+        def compute() -> tuple[_Pck, tuple[Window, ...]]:
+            chain = load_pem_chain(pem, field="PCK certificate chain (quote certification data)")
+            _, links, windows = verify_chain_to_anchor(
+                chain,
+                self.anchors,
+                self.now,
+                what="PCK certificate chain",
+                roles=("PCK leaf", "PCK CA", "root"),
+            )
+            if len(chain) < 2:
+                raise CollateralError(
+                    "PCK certificate chain lacks its CA certificate",
+                    code="CERT_CHAIN_INVALID",
+                    field="PCK certificate chain",
+                    expected="PCK leaf, PCK CA, root",
+                    actual=f"{len(chain)} certificate(s)",
+                )
+            leaf, ca_cert = chain[0], chain[1]
+            for cert in chain[1:]:
+                if cert.issuer != cert.subject:
+                    check_not_revoked(cert, root.crl, what="PCK CA certificate", code="PCK_REVOKED")
+            crl = load_crl(raw_crl, field="pck_crl.der")
+            ca = pck_ca_kind(leaf)
+            if crl.issuer != ca_cert.subject:
+                raise CollateralError(
+                    f"the PCK CRL is not the {ca} CA's CRL",
+                    code="CRL_INVALID",
+                    field="pck_crl.der issuer",
+                    expected=ca_cert.subject.rfc4514_string(),
+                    actual=crl.issuer.rfc4514_string(),
+                    hint=f"fetch the PCK CRL with ca={ca}: nacre collateral fetch EVIDENCE",
+                )
+            crl_window = check_crl(crl, ca_cert, self.now, what="PCK CRL")
+            check_not_revoked(leaf, crl, what="PCK certificate", code="PCK_REVOKED")
+            pck = _Pck(
+                _ec_key(leaf, "PCK certificate"), parse_pck_extensions(leaf), ca, links, crl_window
+            )
+            return pck, (*windows, crl_window, root.window)
+
+        key = self._key(
+            b"pck",
+            hashlib.sha256(pem).digest(),
+            self.bundle.digests["pck_crl.der"],
+            self.bundle.digests["root_ca_crl.der"],
+        )
+        return self.cache.get_or_compute(key, self.now, compute)
+
+    def signed(self, body_name: str, chain_name: str, root: _RootCrl) -> _Signed:
+        # Steps 3-4. TCB info / QE identity: issuer chain to the anchor, signature, validity.
+        body = _need(self.bundle, body_name)
+        chain_pem = _need(self.bundle, chain_name)
+        is_tcb = body_name == "tcb_info.json"
+        label = "TCB info" if is_tcb else "QE identity"
+        sig_code = "TCB_INFO_SIGNATURE_INVALID" if is_tcb else "QE_IDENTITY_SIGNATURE_INVALID"
+
+        def compute() -> tuple[_Signed, tuple[Window, ...]]:
+            if is_tcb:
+                tcb_info: TcbInfo | None = parse_tcb_info(body)
+                identity: EnclaveIdentity | None = None
+                assert tcb_info is not None
+                signed, issued, next_update = (
+                    tcb_info.signed,
+                    tcb_info.issue_date,
+                    tcb_info.next_update,
+                )
+            else:
+                tcb_info, identity = None, parse_qe_identity(body)
+                signed, issued, next_update = (
+                    identity.signed,
+                    identity.issue_date,
+                    identity.next_update,
+                )
+            chain = load_pem_chain(chain_pem, field=chain_name)
+            _, links, windows = verify_chain_to_anchor(
+                chain,
+                self.anchors,
+                self.now,
+                what=f"{label} issuer chain",
+                roles=("TCB signing", "root"),
+            )
+            leaf = chain[0]
+            check_not_revoked(
+                leaf, root.crl, what=f"{label} signing certificate", code="CERT_REVOKED"
+            )
+            if not _raw_sig_ok(
+                _ec_key(leaf, f"{label} signing"), signed.signature, signed.signed_bytes
+            ):
+                raise CollateralError(
+                    f"the {label} signature does not verify",
+                    code=sig_code,
+                    field=f"{body_name} signature",
+                    expected=f"ECDSA P-256 signature by '{leaf.subject.rfc4514_string()}'",
+                    actual="invalid signature",
+                    hint=f"the {label} was altered or comes from another signer; {_REFETCH}",
+                )
+            check_time(label, issued, next_update, self.now, hint=_REFETCH)
+            value = _Signed(tcb_info, identity, links)
+            return value, (*windows, Window(issued, next_update), root.window)
+
+        key = self._key(
+            body_name.encode(),
+            self.bundle.digests[body_name],
+            self.bundle.digests[chain_name],
+            self.bundle.digests["root_ca_crl.der"],
+        )
+        return self.cache.get_or_compute(key, self.now, compute)
+
+
+# --------------------------------------------------------------------------- evidence side
+
+
+def _fail(
+    code: str, step: str, message: str, field: str, expected: str, actual: str, hint: str = ""
+) -> VerificationError:
+    return VerificationError(
+        message,
+        code=code,
+        step=step,
+        field=field,
+        expected=expected,
+        actual=actual,
+        hint=hint or None,
+    )
+
+
+def _check_qe_identity(qe: EnclaveReportBody, ident: EnclaveIdentity) -> None:
+    step = "qe_identity"
+    if qe.mr_signer != ident.mrsigner:
+        raise _fail(
+            "QE_IDENTITY_MISMATCH",
+            step,
+            "the quoting enclave is not Intel's",
+            "QE MRSIGNER",
+            ident.mrsigner.hex(),
+            qe.mr_signer.hex(),
+        )
+    if qe.isv_prod_id != ident.isvprodid:
+        raise _fail(
+            "QE_IDENTITY_MISMATCH",
+            step,
+            "the quoting enclave has the wrong product ID",
+            "QE ISVPRODID",
+            str(ident.isvprodid),
+            str(qe.isv_prod_id),
+        )
+    if qe.misc_select & ident.miscselect_mask != ident.miscselect & ident.miscselect_mask:
+        raise _fail(
+            "QE_IDENTITY_MISMATCH",
+            step,
+            "the quoting enclave's MISCSELECT differs",
+            "QE MISCSELECT (masked)",
+            f"{ident.miscselect & ident.miscselect_mask:08x}",
+            f"{qe.misc_select & ident.miscselect_mask:08x}",
+        )
+    masked = bytes(a & m for a, m in zip(qe.attributes, ident.attributes_mask, strict=True))
+    want = bytes(a & m for a, m in zip(ident.attributes, ident.attributes_mask, strict=True))
+    if masked != want:
+        raise _fail(
+            "QE_IDENTITY_MISMATCH",
+            step,
+            "the quoting enclave's ATTRIBUTES differ",
+            "QE ATTRIBUTES (masked)",
+            want.hex(),
+            masked.hex(),
+        )
+    if qe.debug:
+        raise _fail(
+            "QE_IDENTITY_MISMATCH",
+            step,
+            "the quoting enclave runs in debug mode",
+            "QE ATTRIBUTES.DEBUG",
+            "0",
+            "1",
+        )
+
+
+def _module_status(tcb_info: TcbInfo, td: TdReport10) -> StatusWithAdvisories | None:
+    """TDX module identity (TCB info v3): MRSIGNER_SEAM and SEAM attributes, and its TCB level."""
+    module = tcb_info.tdx_module
+    if module is None:
+        raise _fail(
+            "TCB_INFO_INVALID",
+            "tdx_module",
+            "TDX TCB info lacks tdxModule",
+            "tcbInfo.tdxModule",
+            "present",
+            "missing",
+        )
+    version, isvsvn = td.tee_tcb_svn[1], td.tee_tcb_svn[0]
+    levels = None
+    if version > 0 and tcb_info.tdx_module_identities:
+        wanted = f"TDX_{version:02X}"
+        found = [m for m in tcb_info.tdx_module_identities if m.id.upper() == wanted]
+        if not found:
+            raise _fail(
+                "TDX_MODULE_MISMATCH",
+                "tdx_module",
+                f"the TCB info knows no TDX module {wanted}",
+                "tdxModuleIdentities[].id",
+                wanted,
+                ", ".join(m.id for m in tcb_info.tdx_module_identities),
+            )
+        module, levels = found[0].module, found[0].levels
+    if td.mr_signer_seam != module.mrsigner:
+        raise _fail(
+            "TDX_MODULE_MISMATCH",
+            "tdx_module",
+            "the TDX module is not signed by the expected signer",
+            "MRSIGNERSEAM",
+            module.mrsigner.hex(),
+            td.mr_signer_seam.hex(),
+        )
+    mask = module.attributes_mask
+    got = bytes(a & m for a, m in zip(td.seam_attributes, mask, strict=True))
+    want = bytes(a & m for a, m in zip(module.attributes, mask, strict=True))
+    if got != want:
+        raise _fail(
+            "TDX_MODULE_MISMATCH",
+            "tdx_module",
+            "the TDX module's SEAM attributes differ",
+            "SEAMATTRIBUTES (masked)",
+            want.hex(),
+            got.hex(),
+        )
+    if levels is None:
+        return None
+    for level in levels:
+        if isvsvn >= level.isvsvn:
+            return StatusWithAdvisories(level.status, level.advisory_ids, level.date)
+    raise _fail(
+        "TCB_NOT_SUPPORTED",
+        "tcb",
+        "the TDX module's SVN is below every listed level",
+        "TDX module ISVSVN (TEE_TCB_SVN[0])",
+        f">= {levels[-1].isvsvn}",
+        str(isvsvn),
+        "update the TDX module",
+    )
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+def _claims(quote: DcapQuote, pck: _Pck) -> dict[str, object]:
+    body = quote.body
+    common = {"fmspc": pck.ext.fmspc.hex(), "pck_ca": pck.ca, "pce_svn": pck.ext.pce_svn}
+    if isinstance(body, EnclaveReportBody):
+        return {
+            "mrenclave": _hex(body.mr_enclave),
+            "mrsigner": _hex(body.mr_signer),
+            "isv_prod_id": body.isv_prod_id,
+            "isv_svn": body.isv_svn,
+            "attributes": _hex(body.attributes),
+            "debug": body.debug,
+            "report_data": _hex(body.report_data),
+            "config_id": _hex(body.config_id),
+            "config_svn": body.config_svn,
+            "cpu_svn": _hex(body.cpu_svn),
+            "misc_select": body.misc_select,
+            "isv_family_id": _hex(body.isv_family_id),
+            "isv_ext_prod_id": _hex(body.isv_ext_prod_id),
+            **common,
+        }
+    claims: dict[str, object] = {
+        "mr_td": _hex(body.mr_td),
+        "rtmr0": _hex(body.rtmr0),
+        "rtmr1": _hex(body.rtmr1),
+        "rtmr2": _hex(body.rtmr2),
+        "rtmr3": _hex(body.rtmr3),
+        "mr_config_id": _hex(body.mr_config_id),
+        "mr_owner": _hex(body.mr_owner),
+        "mr_owner_config": _hex(body.mr_owner_config),
+        "td_attributes": _hex(body.td_attributes),
+        "xfam": _hex(body.xfam),
+        "debug": body.debug,
+        "sept_ve_disable": body.sept_ve_disable,
+        "report_data": _hex(body.report_data),
+        "tee_tcb_svn": _hex(body.tee_tcb_svn),
+        "mr_seam": _hex(body.mr_seam),
+        "mr_signer_seam": _hex(body.mr_signer_seam),
+        "seam_attributes": _hex(body.seam_attributes),
+        **common,
+    }
+    if isinstance(body, TdReport15):
+        claims["tee_tcb_svn2"] = _hex(body.tee_tcb_svn2)
+        claims["mr_servicetd"] = _hex(body.mr_servicetd)
+    return claims
+
+
+def verify_dcap(
+    quote: DcapQuote,
+    bundle: CollateralBundle,
+    *,
+    now: datetime,
+    trust: TrustRoots,
+    cache: VerifyCache | None = None,
+) -> VerifiedEvidence:
+    """Verify an SGX or TDX quote. Returns :class:`VerifiedEvidence` or raises VerificationError.
+
+    A raised error carries ``.checks``: the steps that passed, then the one that failed.
+    """
+    checks: list[Check] = []
+    try:
+        return _verify(quote, bundle, now, trust, cache, checks)
+    except VerificationError as exc:
+        exc.checks = (*checks, Check(exc.step or "collateral", exc.message, False, str(exc)))
+        raise
+
+
+def _verify(
+    quote: DcapQuote,
+    bundle: CollateralBundle,
+    now: datetime,
+    trust: TrustRoots,
+    cache: VerifyCache | None,
+    checks: list[Check],
+) -> VerifiedEvidence:
+    coll = _Collateral(bundle, trust, now, cache or default_cache())
+    is_tdx = quote.tee == "tdx"
+
+    # Step 0. Header: Intel's quoting enclave (key type and version are checked by the parser).
+    if quote.header.qe_vendor_id != INTEL_QE_VENDOR_ID:
+        raise MalformedEvidenceError(
+            "the quote was not produced by Intel's quoting enclave",
+            step="header",
+            field="header.qe_vendor_id",
+            expected=INTEL_QE_VENDOR_ID.hex(),
+            actual=quote.header.qe_vendor_id.hex(),
+        )
+    checks.append(Check("header", "Intel QE vendor ID, ECDSA P-256 key", True))
+
+    # Step 1. Root CA CRL.
+    root = coll.root_crl()
+    checks.append(Check("root_crl", "Intel SGX Root CA CRL signed and current", True))
+
+    # Step 2. PCK chain with its CRLs.
+    pck = coll.pck(quote.pck_chain_pem, root)
+    checks.append(Check("pck_chain", f"PCK chain to the trust anchor, PCK {pck.ca} CA CRL", True))
+
+    # Step 3. TCB info: chain, signature, validity, and that it is for this TEE.
+    tcb_signed = coll.signed("tcb_info.json", "tcb_info_issuer_chain.pem", root)
+    tcb_info = tcb_signed.tcb_info
+    assert tcb_info is not None
+    want_id = "TDX" if is_tdx else "SGX"
+    if tcb_info.id != want_id or (is_tdx and tcb_info.version < 3):
+        raise CollateralError(
+            f"the TCB info is for {tcb_info.id} (v{tcb_info.version}) but the quote is {want_id}",
+            code="COLLATERAL_MISMATCH",
+            step="tcb_info",
+            field="tcbInfo.id",
+            expected=want_id + (" version 3" if is_tdx else ""),
+            actual=f"{tcb_info.id} version {tcb_info.version}",
+            hint=f"fetch the {want_id.lower()} TCB info: nacre collateral fetch EVIDENCE",
+        )
+    checks.append(
+        Check("tcb_info", f"TCB info v{tcb_info.version} signed by Intel and current", True)
+    )
+
+    # Step 4. QE identity: chain, signature, validity, and the right enclave (QE / TD_QE).
+    qe_signed = coll.signed("qe_identity.json", "qe_identity_issuer_chain.pem", root)
+    identity = qe_signed.identity
+    assert identity is not None
+    want_qe = "TD_QE" if is_tdx else "QE"
+    if identity.id != want_qe:
+        raise CollateralError(
+            f"the QE identity is for {identity.id} but the quote needs {want_qe}",
+            code="COLLATERAL_MISMATCH",
+            step="qe_identity",
+            field="enclaveIdentity.id",
+            expected=want_qe,
+            actual=identity.id,
+            hint="fetch the QE identity for this TEE: nacre collateral fetch EVIDENCE",
+        )
+    checks.append(Check("qe_identity", f"{want_qe} identity signed by Intel and current", True))
+
+    sig = quote.signature
+    qe = sig.qe.qe_report
+
+    # Step 5. The QE report is signed by the PCK key.
+    if not _raw_sig_ok(pck.key, sig.qe.qe_report_signature, qe.to_bytes()):
+        raise _fail(
+            "QE_REPORT_SIGNATURE_INVALID",
+            "qe_report",
+            "the QE report is not signed by the PCK key",
+            "qe_report_signature",
+            "ECDSA P-256 signature by the PCK certificate's key",
+            "invalid signature",
+            "the quote was altered or its PCK chain belongs to another platform",
+        )
+    checks.append(Check("qe_report", "QE report signed by the PCK key", True))
+
+    # Step 6. QE report data binds the attestation key: SHA-256(key || auth data) || 32 zero bytes.
+    expected_rd = hashlib.sha256(sig.attestation_key + sig.qe.qe_auth_data).digest() + bytes(32)
+    if qe.report_data != expected_rd:
+        raise _fail(
+            "QE_REPORT_DATA_MISMATCH",
+            "qe_report",
+            "the QE report does not bind the attestation key",
+            "qe_report.report_data",
+            expected_rd.hex(),
+            qe.report_data.hex(),
+        )
+    checks.append(
+        Check("qe_binding", "QE report data = SHA-256(attestation key || auth data)", True)
+    )
+
+    # Step 7. The QE matches Intel's QE identity; its TCB level by ISVSVN.
+    _check_qe_identity(qe, identity)
+    qe_status = match_qe_level(identity, qe.isv_svn)
+    checks.append(Check("qe_tcb", f"QE ISVSVN {qe.isv_svn}: {qe_status.status}", True))
+
+    # Step 8. The quote (header || body) is signed by the attestation key.
+    try:
+        att_key = ec.EllipticCurvePublicKey.from_encoded_point(
+            ec.SECP256R1(), b"\x04" + sig.attestation_key
+        )
+    except ValueError:
+        raise _fail(
+            "QUOTE_SIGNATURE_INVALID",
+            "quote_signature",
+            "the attestation key is not a P-256 point",
+            "attestation_key",
+            "a point on P-256",
+            sig.attestation_key.hex()[:32] + "...",
+        ) from None
+    if not _raw_sig_ok(att_key, sig.quote_signature, quote.signed_bytes):
+        raise _fail(
+            "QUOTE_SIGNATURE_INVALID",
+            "quote_signature",
+            "the quote signature does not verify",
+            "quote_signature",
+            "ECDSA P-256 signature by the attestation key over header || body",
+            "invalid signature",
+            "the quote was altered after it was signed",
+        )
+    checks.append(Check("quote_signature", "quote signed by the attestation key", True))
+
+    # Step 9. The TCB info is for this platform: FMSPC and PCE-ID from the PCK certificate.
+    if pck.ext.fmspc != tcb_info.fmspc:
+        raise _fail(
+            "FMSPC_MISMATCH",
+            "tcb_info",
+            "the TCB info is for another platform model",
+            "FMSPC",
+            pck.ext.fmspc.hex(),
+            tcb_info.fmspc.hex(),
+            f"fetch TCB info for FMSPC {pck.ext.fmspc.hex()}: nacre collateral fetch EVIDENCE",
+        )
+    if pck.ext.pce_id != tcb_info.pce_id:
+        raise _fail(
+            "PCEID_MISMATCH",
+            "tcb_info",
+            "the TCB info is for another PCE",
+            "PCE-ID",
+            pck.ext.pce_id.hex(),
+            tcb_info.pce_id.hex(),
+        )
+    checks.append(
+        Check("fmspc", f"FMSPC {pck.ext.fmspc.hex()} and PCE-ID match the TCB info", True)
+    )
+
+    # Step 10. Platform TCB level (SGX components + PCESVN; TDX adds TEE_TCB_SVN), TDX module.
+    td = quote.body if isinstance(quote.body, TdReport10) else None
+    level = match_platform_level(tcb_info, pck.ext.tcb_components, pck.ext.pce_svn, td)
+    platform = StatusWithAdvisories(level.status, level.advisory_ids, level.date)
+    module = _module_status(tcb_info, td) if td is not None else None
+    reason = (
+        f"first level (tcbDate {level.date}) with SGX components <= {list(pck.ext.tcb_components)} "
+        f"and PCESVN <= {pck.ext.pce_svn}"
+    )
+    if td is not None:
+        reason += f" and TDX components <= {td.tee_tcb_svn.hex()}"
+    final = platform
+    if module is not None:
+        final = converge(final, module)
+    final = converge(final, qe_status)
+    checks.append(
+        Check("tcb", f"platform {level.status}, QE {qe_status.status} -> {final.status}", True)
+    )
+
+    items = (
+        CollateralItem("TCB info", tcb_info.issue_date, tcb_info.next_update),
+        CollateralItem("QE identity", identity.issue_date, identity.next_update),
+        CollateralItem("PCK CRL", pck.pck_crl_window.not_before, pck.pck_crl_window.not_after),
+        CollateralItem("Root CA CRL", root.window.not_before, root.window.not_after),
+    )
+    return _make(
+        tee="tdx" if is_tdx else "sgx",
+        version=quote.header.version,
+        tcb_status=final.status,
+        advisory_ids=final.advisory_ids,
+        claims=_claims(quote, pck),
+        verified_at=now,
+        sim=trust.simulation,
+        checks=tuple(checks),
+        chain=pck.links,
+        collateral=items,
+        tcb=TcbMatch(
+            platform_status=level.status,
+            platform_tcb_date=level.date,
+            qe_status=qe_status.status,
+            module_status=None if module is None else module.status,
+            reason=reason,
+        ),
+        evidence=quote,
+    )
