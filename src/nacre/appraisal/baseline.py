@@ -84,7 +84,7 @@ def appraise_baseline(v: VerifiedEvidence, policy: BaselinePolicy | None = None)
                 "0",
                 "--unsafe-allow-sept-ve",
             )
-        servicetd = c.get("mr_servicetd")
+        servicetd = c.get("mr_service_td")
         if servicetd is not None and int(str(servicetd), 16) != 0 and not p.allow_service_td:
             raise _deny(
                 v,

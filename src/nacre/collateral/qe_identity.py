@@ -39,19 +39,19 @@ class EnclaveIdentity:
 def parse_qe_identity(body: bytes) -> EnclaveIdentity:
     signed = parse_signed_json(body, "enclaveIdentity", what="QE identity")
     f = _Fields(signed.value, "enclaveIdentity")
-    version = f.int("version")
+    version = f.integer("version")
     if version != 2:
         raise _bad("enclaveIdentity.version", "2", str(version))
-    qe_id = f.str("id")
+    qe_id = f.text("id")
     if qe_id not in ("QE", "TD_QE", "QVE"):
         raise _bad("enclaveIdentity.id", "QE, TD_QE or QVE", repr(qe_id))
     levels = []
-    for i, lv in enumerate(f.list("tcbLevels")):
+    for i, lv in enumerate(f.array("tcbLevels")):
         lf = _Fields(lv, f"enclaveIdentity.tcbLevels[{i}]")
         tcb = _Fields(lf.raw("tcb"), f"{lf.path}.tcb")
         levels.append(
             QeTcbLevel(
-                tcb.int("isvsvn", 0, 0xFFFF), lf.status(), lf.str("tcbDate"), lf.advisories()
+                tcb.integer("isvsvn", 0, 0xFFFF), lf.status(), lf.text("tcbDate"), lf.advisories()
             )
         )
     if not levels:
@@ -61,13 +61,13 @@ def parse_qe_identity(body: bytes) -> EnclaveIdentity:
         version=version,
         issue_date=f.time("issueDate"),
         next_update=f.time("nextUpdate"),
-        tcb_evaluation_data_number=f.int("tcbEvaluationDataNumber"),
+        tcb_evaluation_data_number=f.integer("tcbEvaluationDataNumber"),
         miscselect=int.from_bytes(f.hex("miscselect", 4), "big"),
         miscselect_mask=int.from_bytes(f.hex("miscselectMask", 4), "big"),
         attributes=f.hex("attributes", 16),
         attributes_mask=f.hex("attributesMask", 16),
         mrsigner=f.hex("mrsigner", 32),
-        isvprodid=f.int("isvprodid", 0, 0xFFFF),
+        isvprodid=f.integer("isvprodid", 0, 0xFFFF),
         levels=tuple(levels),
         signed=signed,
     )

@@ -93,20 +93,20 @@ class _Fields:
             raise _bad(f"{self.path}.{key}", "present", "missing")
         return self.obj[key]
 
-    def int(self, key: str, lo: int = 0, hi: int = 2**32 - 1) -> int:
+    def integer(self, key: str, lo: int = 0, hi: int = 2**32 - 1) -> int:
         v = self.raw(key)
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise _bad(f"{self.path}.{key}", f"an integer in {lo}..{hi}", repr(v))
         return v
 
-    def str(self, key: str) -> str:
+    def text(self, key: str) -> str:
         v = self.raw(key)
         if not isinstance(v, str):
             raise _bad(f"{self.path}.{key}", "a string", repr(v))
         return v
 
     def hex(self, key: str, size: int) -> bytes:
-        v = self.str(key)
+        v = self.text(key)
         try:
             out = bytes.fromhex(v)
         except ValueError:
@@ -116,9 +116,9 @@ class _Fields:
         return out
 
     def time(self, key: str) -> datetime:
-        return parse_iso_time(self.str(key), f"{self.path}.{key}")
+        return parse_iso_time(self.text(key), f"{self.path}.{key}")
 
-    def list(self, key: str, *, required: bool = True) -> list[Any]:
+    def array(self, key: str, *, required: bool = True) -> list[Any]:
         if not required and key not in self.obj:
             return []
         v = self.raw(key)
@@ -127,13 +127,13 @@ class _Fields:
         return v
 
     def status(self, key: str = "tcbStatus") -> str:
-        v = self.str(key)
+        v = self.text(key)
         if v not in TCB_STATUSES:
             raise _bad(f"{self.path}.{key}", " | ".join(TCB_STATUSES), repr(v))
         return v
 
     def advisories(self) -> tuple[str, ...]:
-        items = self.list("advisoryIDs", required=False)
+        items = self.array("advisoryIDs", required=False)
         if not all(isinstance(a, str) for a in items):
             raise _bad(f"{self.path}.advisoryIDs", "a list of strings", repr(items))
         return tuple(items)
@@ -168,31 +168,31 @@ def _level(raw: Any, path: str, version: int, is_tdx: bool) -> TcbLevel:
     f = _Fields(raw, path)
     tcb = _Fields(f.raw("tcb"), f"{path}.tcb")
     if version == 2:
-        sgx = tuple(tcb.int(f"sgxtcbcomp{i:02d}svn", 0, 255) for i in range(1, 17))
+        sgx = tuple(tcb.integer(f"sgxtcbcomp{i:02d}svn", 0, 255) for i in range(1, 17))
         tdx = None
     else:
-        comps = tcb.list("sgxtcbcomponents")
+        comps = tcb.array("sgxtcbcomponents")
         if len(comps) != 16:
             raise _bad(f"{path}.tcb.sgxtcbcomponents", "16 components", str(len(comps)))
         sgx = tuple(
-            _Fields(c, f"{path}.tcb.sgxtcbcomponents[{i}]").int("svn", 0, 255)
+            _Fields(c, f"{path}.tcb.sgxtcbcomponents[{i}]").integer("svn", 0, 255)
             for i, c in enumerate(comps)
         )
         tdx = None
         if is_tdx:
-            tcomps = tcb.list("tdxtcbcomponents")
+            tcomps = tcb.array("tdxtcbcomponents")
             if len(tcomps) != 16:
                 raise _bad(f"{path}.tcb.tdxtcbcomponents", "16 components", str(len(tcomps)))
             tdx = tuple(
-                _Fields(c, f"{path}.tcb.tdxtcbcomponents[{i}]").int("svn", 0, 255)
+                _Fields(c, f"{path}.tcb.tdxtcbcomponents[{i}]").integer("svn", 0, 255)
                 for i, c in enumerate(tcomps)
             )
     return TcbLevel(
         sgx_components=sgx,
-        pce_svn=tcb.int("pcesvn", 0, 0xFFFF),
+        pce_svn=tcb.integer("pcesvn", 0, 0xFFFF),
         tdx_components=tdx,
         status=f.status(),
-        date=f.str("tcbDate"),
+        date=f.text("tcbDate"),
         advisory_ids=f.advisories(),
     )
 
@@ -201,16 +201,16 @@ def parse_tcb_info(body: bytes) -> TcbInfo:
     """Parse a PCS ``/tcb`` response body. Signature checking is :mod:`nacre.verify`'s job."""
     signed = parse_signed_json(body, "tcbInfo", what="TCB info")
     f = _Fields(signed.value, "tcbInfo")
-    version = f.int("version")
+    version = f.integer("version")
     if version not in (2, 3):
         raise _bad("tcbInfo.version", "2 or 3", str(version))
-    tcb_id = "SGX" if version == 2 else f.str("id")
+    tcb_id = "SGX" if version == 2 else f.text("id")
     if tcb_id not in ("SGX", "TDX"):
         raise _bad("tcbInfo.id", "SGX or TDX", repr(tcb_id))
     is_tdx = tcb_id == "TDX"
     levels = tuple(
         _level(lv, f"tcbInfo.tcbLevels[{i}]", version, is_tdx)
-        for i, lv in enumerate(f.list("tcbLevels"))
+        for i, lv in enumerate(f.array("tcbLevels"))
     )
     if not levels:
         raise _bad("tcbInfo.tcbLevels", "at least one level", "none")
@@ -218,18 +218,18 @@ def parse_tcb_info(body: bytes) -> TcbInfo:
     identities: list[TdxModuleIdentity] = []
     if is_tdx:
         module = _module(_Fields(f.raw("tdxModule"), "tcbInfo.tdxModule"))
-        for i, raw in enumerate(f.list("tdxModuleIdentities", required=False)):
+        for i, raw in enumerate(f.array("tdxModuleIdentities", required=False)):
             mf = _Fields(raw, f"tcbInfo.tdxModuleIdentities[{i}]")
             mlevels = []
-            for j, lv in enumerate(mf.list("tcbLevels")):
+            for j, lv in enumerate(mf.array("tcbLevels")):
                 lf = _Fields(lv, f"{mf.path}.tcbLevels[{j}]")
                 tcb = _Fields(lf.raw("tcb"), f"{lf.path}.tcb")
                 mlevels.append(
                     TdxModuleLevel(
-                        tcb.int("isvsvn", 0, 255), lf.status(), lf.str("tcbDate"), lf.advisories()
+                        tcb.integer("isvsvn", 0, 255), lf.status(), lf.text("tcbDate"), lf.advisories()
                     )
                 )
-            identities.append(TdxModuleIdentity(mf.str("id"), _module(mf), tuple(mlevels)))
+            identities.append(TdxModuleIdentity(mf.text("id"), _module(mf), tuple(mlevels)))
     return TcbInfo(
         id=tcb_id,
         version=version,
@@ -237,8 +237,8 @@ def parse_tcb_info(body: bytes) -> TcbInfo:
         next_update=f.time("nextUpdate"),
         fmspc=f.hex("fmspc", 6),
         pce_id=f.hex("pceId", 2),
-        tcb_type=f.int("tcbType"),
-        tcb_evaluation_data_number=f.int("tcbEvaluationDataNumber"),
+        tcb_type=f.integer("tcbType"),
+        tcb_evaluation_data_number=f.integer("tcbEvaluationDataNumber"),
         levels=levels,
         tdx_module=module,
         tdx_module_identities=tuple(identities),

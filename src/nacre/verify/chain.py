@@ -15,11 +15,11 @@ from nacre.verify.cache import Window
 from nacre.verify.result import ChainLink
 
 __all__ = [
+    "cert_window",
     "check_crl",
     "check_not_revoked",
     "check_time",
     "cn",
-    "cert_window",
     "verify_chain_to_anchor",
 ]
 

@@ -432,7 +432,7 @@ def _claims(quote: DcapQuote, pck: _Pck) -> dict[str, object]:
     }
     if isinstance(body, TdReport15):
         claims["tee_tcb_svn2"] = _hex(body.tee_tcb_svn2)
-        claims["mr_servicetd"] = _hex(body.mr_servicetd)
+        claims["mr_service_td"] = _hex(body.mr_servicetd)
     return claims
 
 
@@ -464,7 +464,7 @@ def _verify(
     cache: VerifyCache | None,
     checks: list[Check],
 ) -> VerifiedEvidence:
-    coll = _Collateral(bundle, trust, now, cache or default_cache())
+    coll = _Collateral(bundle, trust, now, cache if cache is not None else default_cache())
     is_tdx = quote.tee == "tdx"
 
     # Step 0. Header: Intel's quoting enclave (key type and version are checked by the parser).

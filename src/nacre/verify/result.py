@@ -9,8 +9,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 __all__ = [
-    "Check",
     "ChainLink",
+    "Check",
     "CollateralItem",
     "TcbMatch",
     "TeeKind",
