@@ -13,7 +13,8 @@ from nacre.appraisal.baseline import BaselinePolicy, appraise_baseline
 from nacre.collateral.bundle import CollateralBundle
 from nacre.collateral.trust import TrustRoots
 from nacre.errors import NacreError, PolicyViolationError, VerificationError
-from nacre.verify import VerifyCache, verify
+from nacre.verify import VerifyCache
+from nacre.verify import verify as _verify
 from nacre.verify.result import VerifiedEvidence
 
 __all__ = [
@@ -44,6 +45,6 @@ def verify_evidence(
     Raises :class:`nacre.errors.VerificationError` (``.code .field .expected .actual``) on rejection;
     a :class:`PolicyViolationError` still carries the verification result in ``.verified``.
     """
-    result = verify(evidence, collateral=collateral, now=now, trust=trust, cache=cache)
+    result = _verify(evidence, collateral=collateral, now=now, trust=trust, cache=cache)
     appraise_baseline(result, policy)
     return result

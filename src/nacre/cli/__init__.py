@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from nacre.cli.collateral_cmd import collateral_app
 from nacre.cli.verify_cmd import verify_command
 
 __all__ = ["app", "main"]
@@ -23,15 +24,7 @@ def _root() -> None:
     """nacre: verify TEE evidence, manage collateral, run the attestation service."""
 
 
-def _register_optional() -> None:
-    try:
-        from nacre.cli.collateral_cmd import collateral_app
-    except ImportError:  # pragma: no cover - only while the module is absent
-        return
-    app.add_typer(collateral_app, name="collateral", help="Fetch, cache and serve collateral.")
-
-
-_register_optional()
+app.add_typer(collateral_app, name="collateral", help="Fetch and cache collateral.")
 
 
 def main() -> None:

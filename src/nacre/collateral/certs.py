@@ -11,10 +11,22 @@ from __future__ import annotations
 import warnings
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.utils import CryptographyDeprecationWarning
 
 from nacre.errors import CollateralError, LimitExceededError
 from nacre.limits import MAX_CERT_CHAIN_DEPTH, MAX_CRL_BYTES, MAX_PEM_CHAIN_BYTES
+
+# What cryptography raises for bytes that are not a certificate/CRL it can load.
+_LOAD_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension)
+
+
+def _touch(cert: x509.Certificate) -> x509.Certificate:
+    """`cryptography` decodes fields lazily; decode them now so damage surfaces at load time."""
+    _ = cert.subject, cert.issuer, cert.extensions, cert.signature_hash_algorithm
+    cert.public_key()
+    return cert
+
 
 __all__ = ["load_certificate", "load_crl", "load_pem_chain"]
 
@@ -28,7 +40,7 @@ def _load_der_tolerating_zero_serial(der: bytes) -> x509.Certificate:
             message=".*serial number which wasn't positive.*",
             category=CryptographyDeprecationWarning,
         )
-        return x509.load_der_x509_certificate(der)
+        return _touch(x509.load_der_x509_certificate(der))
 
 
 def load_certificate(data: bytes, *, field: str) -> x509.Certificate:
@@ -53,7 +65,7 @@ def load_certificate(data: bytes, *, field: str) -> x509.Certificate:
                 )
             return chain[0]
         return _load_der_tolerating_zero_serial(data)
-    except ValueError as exc:
+    except _LOAD_ERRORS as exc:
         raise CollateralError(
             f"{field} is not a certificate",
             code="CERT_CHAIN_INVALID",
@@ -63,8 +75,12 @@ def load_certificate(data: bytes, *, field: str) -> x509.Certificate:
         ) from exc
 
 
-def load_pem_chain(data: bytes, *, field: str) -> tuple[x509.Certificate, ...]:
-    """A PEM certificate chain, leaf first. A trailing NUL (as in DCAP quotes) is accepted."""
+def load_pem_chain(data: bytes, *, field: str, eager: bool = True) -> tuple[x509.Certificate, ...]:
+    """A PEM certificate chain, leaf first. A trailing NUL (as in DCAP quotes) is accepted.
+
+    ``eager`` decodes every field now, so damage raises CollateralError here; a caller that reads
+    only raw fields (:mod:`nacre.collateral.x509_raw`) passes False and handles decoding itself.
+    """
     if len(data) > MAX_PEM_CHAIN_BYTES:
         raise LimitExceededError(
             f"{field} is too large",
@@ -105,7 +121,9 @@ def load_pem_chain(data: bytes, *, field: str) -> tuple[x509.Certificate, ...]:
                 category=CryptographyDeprecationWarning,
             )
             certs = x509.load_pem_x509_certificates(text)
-    except ValueError as exc:
+            if eager:
+                certs = [_touch(c) for c in certs]
+    except _LOAD_ERRORS as exc:
         raise CollateralError(
             f"{field} is not a valid PEM certificate chain",
             code="CERT_CHAIN_INVALID",
@@ -132,10 +150,10 @@ def load_crl(data: bytes, *, field: str) -> x509.CertificateRevocationList:
         if stripped and all(c in b"0123456789abcdefABCDEF" for c in stripped[:64]):
             try:
                 return x509.load_der_x509_crl(bytes.fromhex(stripped.decode("ascii")))
-            except ValueError:
+            except _LOAD_ERRORS:
                 pass
         return x509.load_der_x509_crl(data)
-    except ValueError as exc:
+    except _LOAD_ERRORS as exc:
         raise CollateralError(
             f"{field} is not a CRL",
             code="CRL_INVALID",

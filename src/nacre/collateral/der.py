@@ -7,7 +7,7 @@ ENUMERATED, BOOLEAN, IA5String. This reads exactly those, checking every length.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nacre.errors import CollateralError
 
@@ -22,6 +22,8 @@ __all__ = [
     "Tlv",
     "decode_int",
     "decode_oid",
+    "oid_der",
+    "oid_pairs",
     "read_all",
     "read_one",
 ]
@@ -37,8 +39,7 @@ TAG_SEQUENCE = 0x30
 _MAX_DEPTH = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Tlv:
+class Tlv(NamedTuple):
     tag: int
     value: bytes
 
@@ -113,3 +114,60 @@ def decode_oid(tlv: Tlv) -> str:
     first = arcs[0]
     head = [min(first // 40, 2), first - 40 * min(first // 40, 2)]
     return ".".join(str(a) for a in head + arcs[1:])
+
+
+def oid_der(dotted: str) -> bytes:
+    """The DER content bytes of an OBJECT IDENTIFIER given in dotted form."""
+    arcs = [int(a) for a in dotted.split(".")]
+    out = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        out += bytes(reversed(chunk))
+    return bytes(out)
+
+
+def _header(data: bytes, pos: int, limit: int) -> tuple[int, int, int]:
+    """(tag, value start, value end) of the TLV at ``pos``, within ``limit``."""
+    if pos + 2 > limit:
+        raise _bad("DER header", "tag and length", f"{limit - pos} bytes")
+    tag = data[pos]
+    if tag & 0x1F == 0x1F:
+        raise _bad("DER tag", "single-byte tag", f"{tag:#x}")
+    length = data[pos + 1]
+    pos += 2
+    if length >= 0x80:
+        nbytes = length & 0x7F
+        if nbytes == 0 or nbytes > 4 or pos + nbytes > limit:
+            raise _bad("DER length", "1-4 length bytes", f"{nbytes}")
+        length = int.from_bytes(data[pos : pos + nbytes], "big")
+        pos += nbytes
+    if pos + length > limit:
+        raise _bad("DER length", f"<= {limit - pos}", str(length))
+    return tag, pos, pos + length
+
+
+def oid_pairs(content: bytes) -> dict[bytes, Tlv]:
+    """A SEQUENCE OF SEQUENCE {OID, value} (the content bytes) as OID content bytes -> value.
+
+    One linear pass with no intermediate lists: this runs on every cold PCK verification.
+    """
+    out: dict[bytes, Tlv] = {}
+    pos, limit = 0, len(content)
+    while pos < limit:
+        tag, start, end = _header(content, pos, limit)
+        if tag != TAG_SEQUENCE:
+            raise _bad("DER (OID, value) pair", "SEQUENCE", f"tag {tag:#x}")
+        otag, ostart, oend = _header(content, start, end)
+        vtag, vstart, vend = _header(content, oend, end)
+        if otag != TAG_OID or vend != end:
+            raise _bad("DER (OID, value) pair", "exactly OID then one value", f"tag {otag:#x}")
+        oid = content[ostart:oend]
+        if oid in out:
+            raise _bad("DER (OID, value) pair", "each OID once", f"{oid.hex()} twice")
+        out[oid] = Tlv(vtag, content[vstart:vend])
+        pos = end
+    return out

@@ -14,18 +14,30 @@ from cryptography import x509
 from nacre.collateral import der
 from nacre.errors import CollateralError
 
-__all__ = ["SGX_EXTENSIONS_OID", "PckExtensions", "pck_ca_kind", "parse_pck_extensions"]
+__all__ = [
+    "SGX_EXTENSIONS_OID",
+    "PckExtensions",
+    "ca_kind_from_cn",
+    "parse_pck_extension_value",
+    "parse_pck_extensions",
+    "pck_ca_kind",
+]
 
 SGX_EXTENSIONS_OID: Final = "1.2.840.113741.1.13.1"
-_PPID = SGX_EXTENSIONS_OID + ".1"
-_TCB = SGX_EXTENSIONS_OID + ".2"
-_PCESVN = _TCB + ".17"
-_CPUSVN = _TCB + ".18"
-_PCEID = SGX_EXTENSIONS_OID + ".3"
-_FMSPC = SGX_EXTENSIONS_OID + ".4"
-_SGX_TYPE = SGX_EXTENSIONS_OID + ".5"
-_PLATFORM_INSTANCE_ID = SGX_EXTENSIONS_OID + ".6"
-_CONFIGURATION = SGX_EXTENSIONS_OID + ".7"
+_SGX_EXT_OID: Final = x509.ObjectIdentifier(SGX_EXTENSIONS_OID)
+_PPID = der.oid_der(SGX_EXTENSIONS_OID + ".1")
+_TCB_DOTTED = SGX_EXTENSIONS_OID + ".2"
+_TCB = der.oid_der(_TCB_DOTTED)
+_TCB_COMPONENTS = tuple(der.oid_der(f"{_TCB_DOTTED}.{i}") for i in range(1, 17))
+_PCESVN = der.oid_der(_TCB_DOTTED + ".17")
+_CPUSVN = der.oid_der(_TCB_DOTTED + ".18")
+_PCEID = der.oid_der(SGX_EXTENSIONS_OID + ".3")
+_FMSPC = der.oid_der(SGX_EXTENSIONS_OID + ".4")
+_SGX_TYPE = der.oid_der(SGX_EXTENSIONS_OID + ".5")
+_PLATFORM_INSTANCE_ID = der.oid_der(SGX_EXTENSIONS_OID + ".6")
+_CONFIG_DOTTED = SGX_EXTENSIONS_OID + ".7"
+_CONFIGURATION = der.oid_der(_CONFIG_DOTTED)
+_CONFIG_FLAGS = tuple(der.oid_der(f"{_CONFIG_DOTTED}.{i}") for i in (1, 2, 3))
 
 CaKind = Literal["processor", "platform"]
 
@@ -68,42 +80,42 @@ def _octets(tlv: der.Tlv, what: str, size: int | None = None) -> bytes:
     return tlv.value
 
 
-def _pairs(seq: der.Tlv) -> dict[str, der.Tlv]:
-    out: dict[str, der.Tlv] = {}
-    for item in seq.children():
-        parts = item.children()
-        if len(parts) != 2:
-            raise CollateralError(
-                "PCK certificate SGX extension entry is not an (OID, value) pair",
-                code="PCK_CERT_INVALID",
-                field="PCK certificate SGX extension",
-                expected="2 elements",
-                actual=f"{len(parts)} elements",
-            )
-        out[der.decode_oid(parts[0])] = parts[1]
-    return out
+def _pairs(seq: der.Tlv) -> dict[bytes, der.Tlv]:
+    """(OID, value) pairs keyed by the OID's DER content bytes."""
+    if seq.tag != der.TAG_SEQUENCE:
+        raise CollateralError(
+            "PCK certificate SGX extension is not a SEQUENCE of (OID, value) pairs",
+            code="PCK_CERT_INVALID",
+            field="PCK certificate SGX extension",
+            expected="SEQUENCE",
+            actual=f"tag {seq.tag:#x}",
+        )
+    return der.oid_pairs(seq.value)
 
 
 def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
     try:
-        ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSIONS_OID))
+        ext = cert.extensions.get_extension_for_oid(_SGX_EXT_OID).value
     except x509.ExtensionNotFound:
         raise _missing("(the whole extension)") from None
-    raw = ext.value
-    if not isinstance(raw, x509.UnrecognizedExtension):
+    if not isinstance(ext, x509.UnrecognizedExtension):
         raise _missing("(raw value)")
-    top, _ = der.read_one(raw.value)
+    return parse_pck_extension_value(ext.value)
+
+
+def parse_pck_extension_value(value: bytes) -> PckExtensions:
+    """Parse the DER value of the SGX Extensions extension."""
+    top, _ = der.read_one(value)
     fields = _pairs(top)
 
-    def need(oid: str, what: str) -> der.Tlv:
+    def need(oid: bytes, what: str) -> der.Tlv:
         if oid not in fields:
             raise _missing(what)
         return fields[oid]
 
     tcb = _pairs(need(_TCB, "TCB"))
     comps = []
-    for i in range(1, 17):
-        oid = f"{_TCB}.{i}"
+    for i, oid in enumerate(_TCB_COMPONENTS, start=1):
         if oid not in tcb:
             raise _missing(f"TCB comp{i:02d}svn")
         comps.append(der.decode_int(tcb[oid]))
@@ -111,12 +123,12 @@ def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
         raise _missing("PCESVN")
     if _CPUSVN not in tcb:
         raise _missing("CPUSVN")
-    config: dict[str, der.Tlv] = {}
+    config: dict[bytes, der.Tlv] = {}
     if _CONFIGURATION in fields:
         config = _pairs(fields[_CONFIGURATION])
 
     def flag(i: int) -> bool | None:
-        tlv = config.get(f"{_CONFIGURATION}.{i}")
+        tlv = config.get(_CONFIG_FLAGS[i - 1])
         return None if tlv is None else tlv.value not in (b"", b"\x00")
 
     pid = fields.get(_PLATFORM_INSTANCE_ID)
@@ -138,7 +150,11 @@ def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
 def pck_ca_kind(cert: x509.Certificate) -> CaKind:
     """Which PCK CA issued ``cert``: processor or platform (decides which PCK CRL applies)."""
     cns = cert.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    cn = str(cns[0].value) if cns else ""
+    return ca_kind_from_cn(str(cns[0].value) if cns else "")
+
+
+def ca_kind_from_cn(cn: str) -> CaKind:
+    """``processor`` or ``platform`` from a PCK CA's common name."""
     if "Processor" in cn:
         return "processor"
     if "Platform" in cn:

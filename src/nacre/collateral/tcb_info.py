@@ -164,29 +164,29 @@ def _module(f: _Fields) -> TdxModule:
     return TdxModule(f.hex("mrsigner", 48), f.hex("attributes", 8), f.hex("attributesMask", 8))
 
 
+def _svns(tcb: _Fields, key: str) -> tuple[int, ...]:
+    """16 component SVNs from ``[{"svn": n, ...}, ...]``, validated in one pass."""
+    comps = tcb.array(key)
+    svns = tuple(c.get("svn") if isinstance(c, dict) else None for c in comps)
+    if len(svns) != 16 or not all(type(v) is int and 0 <= v <= 255 for v in svns):
+        raise _bad(
+            f"{tcb.path}.{key}",
+            "16 components, each with an integer svn 0..255",
+            repr(list(svns))[:80],
+        )
+    return svns  # type: ignore[return-value]
+
+
 def _level(raw: Any, path: str, version: int, is_tdx: bool) -> TcbLevel:
     f = _Fields(raw, path)
     tcb = _Fields(f.raw("tcb"), f"{path}.tcb")
+    tdx = None
     if version == 2:
         sgx = tuple(tcb.integer(f"sgxtcbcomp{i:02d}svn", 0, 255) for i in range(1, 17))
-        tdx = None
     else:
-        comps = tcb.array("sgxtcbcomponents")
-        if len(comps) != 16:
-            raise _bad(f"{path}.tcb.sgxtcbcomponents", "16 components", str(len(comps)))
-        sgx = tuple(
-            _Fields(c, f"{path}.tcb.sgxtcbcomponents[{i}]").integer("svn", 0, 255)
-            for i, c in enumerate(comps)
-        )
-        tdx = None
+        sgx = _svns(tcb, "sgxtcbcomponents")
         if is_tdx:
-            tcomps = tcb.array("tdxtcbcomponents")
-            if len(tcomps) != 16:
-                raise _bad(f"{path}.tcb.tdxtcbcomponents", "16 components", str(len(tcomps)))
-            tdx = tuple(
-                _Fields(c, f"{path}.tcb.tdxtcbcomponents[{i}]").integer("svn", 0, 255)
-                for i, c in enumerate(tcomps)
-            )
+            tdx = _svns(tcb, "tdxtcbcomponents")
     return TcbLevel(
         sgx_components=sgx,
         pce_svn=tcb.integer("pcesvn", 0, 0xFFFF),
@@ -226,7 +226,10 @@ def parse_tcb_info(body: bytes) -> TcbInfo:
                 tcb = _Fields(lf.raw("tcb"), f"{lf.path}.tcb")
                 mlevels.append(
                     TdxModuleLevel(
-                        tcb.integer("isvsvn", 0, 255), lf.status(), lf.text("tcbDate"), lf.advisories()
+                        tcb.integer("isvsvn", 0, 255),
+                        lf.status(),
+                        lf.text("tcbDate"),
+                        lf.advisories(),
                     )
                 )
             identities.append(TdxModuleIdentity(mf.text("id"), _module(mf), tuple(mlevels)))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from nacre.collateral.certs import load_certificate
@@ -28,6 +29,7 @@ _PINNED_SHA256: Final = {
     "intel_sgx_root_ca.pem": "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3",
     "amd_ark_milan.pem": "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
     "amd_ark_genoa.pem": "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+    "amd_ark_turin.pem": "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
 }
 
 
@@ -54,6 +56,12 @@ class TrustRoots:
     intel: tuple[x509.Certificate, ...]
     amd: dict[str, x509.Certificate] = field(default_factory=dict)
     simulation: bool = False
+    #: SHA-256 fingerprints of the Intel anchors, concatenated: part of every cache key.
+    intel_key: bytes = field(init=False, repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        key = b"".join(c.fingerprint(hashes.SHA256()) for c in self.intel)
+        object.__setattr__(self, "intel_key", key + (b"sim" if self.simulation else b""))
 
     @classmethod
     def default(cls) -> TrustRoots:

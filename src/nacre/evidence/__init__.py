@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 __all__ = ["DcapQuote", "detect_kind", "parse_evidence", "parse_quote"]
 
 _HCL_MAGIC = b"HCLA"
+_SNP_REPORT_SIZE = 0x4A0
 
 
 class EvidenceTooLargeError(MalformedEvidenceError, LimitExceededError):
@@ -36,7 +37,9 @@ def detect_kind(data: bytes) -> str:
         )
     if data[:4] == _HCL_MAGIC:
         return "hcl"
-    if len(data) >= 4 and data[2:4] == b"\x00\x00" and data[0] in (2, 3, 4, 5) and data[1] == 0:
+    # An SNP report is exactly 0x4A0 bytes with a u32 version; a DCAP quote that embeds its PCK
+    # chain is several KiB, so a short u16 version + zero key type is still read (and refused) as DCAP.
+    if len(data) == _SNP_REPORT_SIZE and int.from_bytes(data[:4], "little") in (2, 3, 4, 5):
         return "snp"
     return "dcap"
 

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import re
+import struct
+from dataclasses import fields
+from typing import Any
+
 from nacre.errors import MalformedEvidenceError
 
-__all__ = ["Reader"]
+__all__ = ["Layout", "Reader"]
+
+
+class Layout:
+    """A fixed little-endian record: a ``struct`` format plus the field names, for fast parsing
+    that still names the exact field a truncated input cuts through."""
+
+    __slots__ = ("names", "offsets", "size", "struct")
+
+    def __init__(self, fmt: str, record: type[Any]) -> None:
+        self.struct = struct.Struct(fmt)
+        self.size = self.struct.size
+        self.names = tuple(f.name for f in fields(record))
+        codes = re.findall(r"\d*[sHIQB]", fmt.lstrip("<"))
+        if len(codes) != len(self.names):
+            raise AssertionError(f"{record.__name__}: {len(codes)} codes, {len(self.names)} fields")
+        offsets, pos = [], 0
+        for code in codes:
+            offsets.append(pos)
+            pos += struct.calcsize("<" + code)
+        self.offsets = tuple(offsets)
 
 
 class Reader:
@@ -22,7 +47,7 @@ class Reader:
         return len(self.data) - self.pos
 
     def bytes(self, n: int, field: str) -> bytes:
-        if n < 0 or self.remaining < n:
+        if n < 0 or len(self.data) - self.pos < n:
             raise MalformedEvidenceError(
                 f"evidence is truncated in {field}",
                 code=self._code,
@@ -33,6 +58,19 @@ class Reader:
             )
         out = self.data[self.pos : self.pos + n]
         self.pos += n
+        return out
+
+    def record(self, layout: Layout, name: str) -> tuple[Any, ...]:
+        """Unpack one fixed record; on truncation, name the first field that does not fit."""
+        left = len(self.data) - self.pos
+        if left < layout.size:
+            ends = (*layout.offsets[1:], layout.size)
+            for fname, off, end in zip(layout.names, layout.offsets, ends, strict=True):
+                if end > left:
+                    self.pos += off
+                    self.bytes(end - off, f"{name}.{fname}")  # raises, naming the field
+        out = layout.struct.unpack_from(self.data, self.pos)
+        self.pos += layout.size
         return out
 
     def u16(self, field: str) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from nacre.errors import MalformedEvidenceError, UnsupportedEvidenceError
-from nacre.evidence._reader import Reader
+from nacre.evidence._reader import Layout, Reader
 from nacre.evidence.sgx import REPORT_BODY_SIZE, EnclaveReportBody, parse_enclave_report_body
 from nacre.evidence.tdx import TD_REPORT10_SIZE, TD_REPORT15_SIZE, TdReport10, parse_td_report
 
@@ -186,16 +186,11 @@ class DcapQuote:
         return self.signed_bytes + len(sig).to_bytes(4, "little") + sig + self.trailing
 
 
+_HEADER: Final = Layout("<HHIHH16s20s", QuoteHeader)
+
+
 def _parse_header(r: Reader) -> QuoteHeader:
-    return QuoteHeader(
-        version=r.u16("header.version"),
-        att_key_type=r.u16("header.att_key_type"),
-        tee_type=r.u32("header.tee_type"),
-        qe_svn=r.u16("header.qe_svn"),
-        pce_svn=r.u16("header.pce_svn"),
-        qe_vendor_id=r.bytes(16, "header.qe_vendor_id"),
-        user_data=r.bytes(20, "header.user_data"),
-    )
+    return QuoteHeader(*r.record(_HEADER, "header"))
 
 
 def _parse_cert_data(r: Reader, field: str) -> CertificationData:

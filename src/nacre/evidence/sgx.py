@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from nacre.evidence._reader import Reader
+from nacre.evidence._reader import Layout, Reader
 
 __all__ = ["ATTR_DEBUG", "REPORT_BODY_SIZE", "EnclaveReportBody", "parse_enclave_report_body"]
 
@@ -61,28 +61,10 @@ class EnclaveReportBody:
         )
 
 
+# The REPORTBODY layout, field by field (offsets in the dataclass above).
+_LAYOUT: Final = Layout("<16sI12s16s16s32s32s32s32s64sHHH42s16s64s", EnclaveReportBody)
+assert _LAYOUT.size == REPORT_BODY_SIZE
+
+
 def parse_enclave_report_body(r: Reader, name: str = "report body") -> EnclaveReportBody:
-    r.bytes(0, name)  # position marker for error messages
-    start = r.pos
-    if r.remaining < REPORT_BODY_SIZE:
-        r.bytes(REPORT_BODY_SIZE, name)  # raises with the numbers
-    body = EnclaveReportBody(
-        cpu_svn=r.bytes(16, f"{name}.cpu_svn"),
-        misc_select=r.u32(f"{name}.misc_select"),
-        reserved1=r.bytes(12, f"{name}.reserved1"),
-        isv_ext_prod_id=r.bytes(16, f"{name}.isv_ext_prod_id"),
-        attributes=r.bytes(16, f"{name}.attributes"),
-        mr_enclave=r.bytes(32, f"{name}.mr_enclave"),
-        reserved2=r.bytes(32, f"{name}.reserved2"),
-        mr_signer=r.bytes(32, f"{name}.mr_signer"),
-        reserved3=r.bytes(32, f"{name}.reserved3"),
-        config_id=r.bytes(64, f"{name}.config_id"),
-        isv_prod_id=r.u16(f"{name}.isv_prod_id"),
-        isv_svn=r.u16(f"{name}.isv_svn"),
-        config_svn=r.u16(f"{name}.config_svn"),
-        reserved4=r.bytes(42, f"{name}.reserved4"),
-        isv_family_id=r.bytes(16, f"{name}.isv_family_id"),
-        report_data=r.bytes(64, f"{name}.report_data"),
-    )
-    assert r.pos - start == REPORT_BODY_SIZE
-    return body
+    return EnclaveReportBody(*r.record(_LAYOUT, name))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from nacre.evidence._reader import Reader
+from nacre.evidence._reader import Layout, Reader
 
 __all__ = [
     "TD_ATTR_DEBUG",
@@ -89,36 +89,13 @@ class TdReport15(TdReport10):
         return TdReport10.to_bytes(self) + self.tee_tcb_svn2 + self.mr_servicetd
 
 
-def _parse10_fields(r: Reader, name: str) -> dict[str, bytes]:
-    sizes = (
-        ("tee_tcb_svn", 16),
-        ("mr_seam", 48),
-        ("mr_signer_seam", 48),
-        ("seam_attributes", 8),
-        ("td_attributes", 8),
-        ("xfam", 8),
-        ("mr_td", 48),
-        ("mr_config_id", 48),
-        ("mr_owner", 48),
-        ("mr_owner_config", 48),
-        ("rtmr0", 48),
-        ("rtmr1", 48),
-        ("rtmr2", 48),
-        ("rtmr3", 48),
-        ("report_data", 64),
-    )
-    return {field: r.bytes(size, f"{name}.{field}") for field, size in sizes}
+_FMT10: Final = "<16s48s48s8s8s8s48s48s48s48s48s48s48s48s64s"
+_LAYOUT10: Final = Layout(_FMT10, TdReport10)
+_LAYOUT15: Final = Layout(_FMT10 + "16s48s", TdReport15)
+assert (_LAYOUT10.size, _LAYOUT15.size) == (TD_REPORT10_SIZE, TD_REPORT15_SIZE)
 
 
 def parse_td_report(r: Reader, *, v15: bool, name: str = "td report") -> TdReport10:
-    need = TD_REPORT15_SIZE if v15 else TD_REPORT10_SIZE
-    if r.remaining < need:
-        r.bytes(need, name)  # raises, naming the sizes
-    fields = _parse10_fields(r, name)
-    if not v15:
-        return TdReport10(**fields)
-    return TdReport15(
-        **fields,
-        tee_tcb_svn2=r.bytes(16, f"{name}.tee_tcb_svn2"),
-        mr_servicetd=r.bytes(48, f"{name}.mr_servicetd"),
-    )
+    if v15:
+        return TdReport15(*r.record(_LAYOUT15, name))
+    return TdReport10(*r.record(_LAYOUT10, name))

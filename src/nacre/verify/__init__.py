@@ -41,4 +41,6 @@ def verify(
     from nacre.verify.snp import verify_snp
 
     report = extract_snp_from_hcl(evidence) if kind == "hcl" else evidence
-    return verify_snp(report, load_snp_collateral(collateral.files), now=now, trust=roots)
+    return verify_snp(
+        report, load_snp_collateral(collateral.files), now=now, trust=roots, cache=cache
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -34,23 +34,28 @@ class VerifyCache:
     def __init__(self, max_entries: int = VERIFY_CACHE_ENTRIES) -> None:
         self._max = max_entries
         self._lock = threading.Lock()
-        self._entries: OrderedDict[bytes, tuple[Any, tuple[Window, ...]]] = OrderedDict()
+        # key -> (value, not_before, not_after): the intersection of the entry's windows.
+        self._entries: OrderedDict[Hashable, tuple[Any, datetime, datetime]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def get_or_compute(
-        self, key: bytes, now: datetime, compute: Callable[[], tuple[T, tuple[Window, ...]]]
+        self, key: Hashable, now: datetime, compute: Callable[[], tuple[T, tuple[Window, ...]]]
     ) -> T:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and all(w.contains(now) for w in entry[1]):
+            if entry is not None and entry[1] <= now <= entry[2]:
                 self._entries.move_to_end(key)
                 self.hits += 1
                 return entry[0]  # type: ignore[no-any-return]
         self.misses += 1
         value, windows = compute()
+        if not windows:
+            raise ValueError("a cached verification result must name the windows it depends on")
+        not_before = max(w.not_before for w in windows)
+        not_after = min(w.not_after for w in windows)
         with self._lock:
-            self._entries[key] = (value, windows)
+            self._entries[key] = (value, not_before, not_after)
             self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)

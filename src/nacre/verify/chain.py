@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -15,22 +17,35 @@ from nacre.verify.cache import Window
 from nacre.verify.result import ChainLink
 
 __all__ = [
-    "cert_window",
+    "anchor_cn",
     "check_crl",
     "check_not_revoked",
     "check_time",
     "cn",
+    "decoding",
     "verify_chain_to_anchor",
 ]
 
 
 def cn(cert: x509.Certificate) -> str:
+    """The certificate's subject CN (for messages and the chain shown to users)."""
     attrs = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else cert.subject.rfc4514_string()
 
 
-def cert_window(cert: x509.Certificate) -> Window:
-    return Window(cert.not_valid_before_utc, cert.not_valid_after_utc)
+@functools.lru_cache(maxsize=64)
+def anchor_cn(cert: x509.Certificate) -> str:
+    """Trust anchors are few and long-lived: their CN is computed once."""
+    return cn(cert)
+
+
+@contextlib.contextmanager
+def decoding(what: str) -> Iterator[None]:
+    """Turn `cryptography`'s lazy decoding failures into a CollateralError naming ``what``."""
+    try:
+        yield
+    except _DECODE_ERRORS as exc:
+        raise _undecodable(what, exc) from exc
 
 
 def check_time(
@@ -63,14 +78,20 @@ def check_time(
         )
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    if child.issuer != parent.subject:
-        return False
+def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """``parent``'s subject is ``child``'s issuer and its key signed ``child`` (checked in Rust)."""
     try:
         child.verify_directly_issued_by(parent)
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def verify_chain_to_anchor(
@@ -82,86 +103,124 @@ def verify_chain_to_anchor(
     roles: Sequence[str] = (),
     expired_code: str = "COLLATERAL_EXPIRED",
     early_code: str = "COLLATERAL_NOT_YET_VALID",
-) -> tuple[x509.Certificate, tuple[ChainLink, ...], tuple[Window, ...]]:
+) -> tuple[tuple[x509.Certificate, ...], tuple[ChainLink, ...], tuple[Window, ...]]:
     """Check ``chain`` (leaf first, root optional at the end) ends in one of ``anchors``.
 
-    Returns the anchor used, the links (leaf ... anchor) and the validity windows involved.
+    The last certificate is either an anchor itself (byte for byte) or issued by one; a
+    self-issued certificate that is not an anchor is refused. Each certificate is signed by the
+    next, every intermediate is a CA, and all are valid at ``now``. Returns the certificates
+    (leaf ... anchor), the links and the validity windows involved.
     """
-    certs = list(chain)
+    with decoding(what):
+        return _verify_chain(list(chain), anchors, now, what, roles, expired_code, early_code)
+
+
+def _verify_chain(
+    certs: list[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    now: datetime,
+    what: str,
+    roles: Sequence[str],
+    expired_code: str,
+    early_code: str,
+) -> tuple[tuple[x509.Certificate, ...], tuple[ChainLink, ...], tuple[Window, ...]]:
     if not certs:
         raise CollateralError(
             f"{what} is empty", code="CERT_CHAIN_INVALID", field=what, expected=">= 1", actual="0"
         )
     top = certs[-1]
-    anchor: x509.Certificate | None = None
-    if top.issuer == top.subject:
-        # A self-signed certificate in the chain must be one of the anchors, byte for byte.
-        for a in anchors:
-            if a == top:
-                anchor = a
-        if anchor is None:
+    anchor = next((a for a in anchors if a == top), None)
+    if anchor is not None:
+        certs.pop()
+    else:
+        anchor = next((a for a in anchors if _signed_by(top, a)), None)
+    if anchor is None:
+        names = " or ".join(anchor_cn(a) for a in anchors) or "(no anchors)"
+        if top.issuer == top.subject:
             raise VerificationError(
                 f"{what} ends in a root nacre does not trust: {cn(top)}",
                 code="CERT_CHAIN_INVALID",
                 field=f"{what} root",
-                expected=" or ".join(cn(a) for a in anchors) or "(no anchors)",
+                expected=names,
                 actual=f"{cn(top)} (sha256 {top.fingerprint(hashes.SHA256()).hex()[:16]}...)",
                 hint="pass --trust-root FILE for a private or simulation PKI",
             )
-        certs.pop()
-    else:
-        for a in anchors:
-            if _issued_by(top, a):
-                anchor = a
-                break
-        if anchor is None:
-            raise VerificationError(
-                f"{what} is not issued by a trusted root",
-                code="CERT_CHAIN_INVALID",
-                field=f"{what} issuer",
-                expected=" or ".join(cn(a) for a in anchors) or "(no anchors)",
-                actual=top.issuer.rfc4514_string(),
-                hint="pass --trust-root FILE for a private or simulation PKI",
-            )
+        raise VerificationError(
+            f"{what} is not issued by a trusted root",
+            code="CERT_CHAIN_INVALID",
+            field=f"{what} issuer",
+            expected=names,
+            actual=top.issuer.rfc4514_string(),
+            hint="pass --trust-root FILE for a private or simulation PKI",
+        )
     full = [*certs, anchor]
     links: list[ChainLink] = []
     windows: list[Window] = []
-    for i, cert in enumerate(full):
-        role = roles[i] if i < len(roles) else ("root" if i == len(full) - 1 else "intermediate")
+    for i, c in enumerate(full):
+        is_anchor = i == len(full) - 1
+        role = roles[i] if i < len(roles) else ("root" if is_anchor else "intermediate")
+        name = anchor_cn(c) if is_anchor else cn(c)
+        nb, na = c.not_valid_before_utc, c.not_valid_after_utc
         check_time(
-            f"{what}: {role} certificate '{cn(cert)}'",
-            cert.not_valid_before_utc,
-            cert.not_valid_after_utc,
+            f"{what}: {role} certificate '{name}'",
+            nb,
+            na,
             now,
             expired_code=expired_code,
             early_code=early_code,
         )
-        windows.append(cert_window(cert))
-        links.append(ChainLink(role, cn(cert), cert.not_valid_before_utc, cert.not_valid_after_utc))
-        if i + 1 < len(full):
-            parent = full[i + 1]
-            if not _issued_by(cert, parent):
-                raise VerificationError(
-                    f"{what}: '{cn(cert)}' is not signed by '{cn(parent)}'",
-                    code="CERT_CHAIN_INVALID",
-                    field=f"{what} {role} signature",
-                    expected=f"issued and signed by {cn(parent)}",
-                    actual=f"issuer {cert.issuer.rfc4514_string()}",
-                )
-            try:
-                bc = parent.extensions.get_extension_for_class(x509.BasicConstraints).value
-                is_ca = bc.ca
-            except x509.ExtensionNotFound:
-                is_ca = False
-            if not is_ca:
-                raise VerificationError(
-                    f"{what}: issuer '{cn(parent)}' is not a CA",
-                    code="CERT_CHAIN_INVALID",
-                    field=f"{what} issuer basicConstraints",
-                    expected="CA:TRUE",
-                    actual="CA:FALSE or absent",
-                )
-    return anchor, tuple(links), tuple(windows)
+        windows.append(Window(nb, na))
+        links.append(ChainLink(role, name, nb, na))
+        if is_anchor:
+            continue
+        parent = full[i + 1]
+        if not _signed_by(c, parent):
+            raise VerificationError(
+                f"{what}: '{name}' is not signed by '{cn(parent)}'",
+                code="CERT_CHAIN_INVALID",
+                field=f"{what} {role} signature",
+                expected=f"issued and signed by {cn(parent)}",
+                actual=f"issuer {c.issuer.rfc4514_string()}",
+            )
+        if parent is not anchor and not _is_ca(parent):
+            raise VerificationError(
+                f"{what}: issuer '{cn(parent)}' is not a CA",
+                code="CERT_CHAIN_INVALID",
+                field=f"{what} issuer basicConstraints",
+                expected="CA:TRUE",
+                actual="CA:FALSE or absent",
+            )
+    return tuple(full), tuple(links), tuple(windows)
+
+
+#: What `cryptography` raises when it decodes a damaged field lazily.
+_DECODE_ERRORS = (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.InvalidVersion)
+
+
+def _undecodable(what: str, exc: Exception) -> CollateralError:
+    return CollateralError(
+        f"{what} holds a certificate that cannot be decoded",
+        code="CERT_CHAIN_INVALID",
+        field=what,
+        expected="well-formed X.509 certificates",
+        actual=f"{type(exc).__name__}: {exc}",
+    )
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, pub: object) -> bool:
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        # Direct ECDSA check over the TBS bytes: half the cost of is_signature_valid.
+        algorithm = crl.signature_hash_algorithm
+        if algorithm is None:
+            return False
+        try:
+            pub.verify(crl.signature, crl.tbs_certlist_bytes, ec.ECDSA(algorithm))
+        except InvalidSignature:
+            return False
+        return True
+    if isinstance(pub, rsa.RSAPublicKey):
+        return crl.is_signature_valid(pub)
+    return False
 
 
 def check_crl(
@@ -170,30 +229,23 @@ def check_crl(
     now: datetime,
     *,
     what: str,
+    hint: str | None = None,
 ) -> Window:
-    """The CRL is signed by ``issuer`` and current at ``now``."""
-    if crl.issuer != issuer.subject:
-        raise CollateralError(
-            f"{what} is issued by another CA",
-            code="CRL_INVALID",
-            field=f"{what} issuer",
-            expected=issuer.subject.rfc4514_string(),
-            actual=crl.issuer.rfc4514_string(),
-            hint="the PCK CRL must come from the CA that issued the PCK certificate "
-            "(processor or platform): fetch it again for the right CA",
-        )
-    pub = issuer.public_key()
-    if not isinstance(pub, ec.EllipticCurvePublicKey | rsa.RSAPublicKey) or not (
-        crl.is_signature_valid(pub)
-    ):
-        raise CollateralError(
-            f"{what} signature is invalid",
-            code="CRL_INVALID",
-            field=f"{what} signature",
-            expected=f"signed by {cn(issuer)}",
-            actual="invalid signature",
-        )
-    next_update = crl.next_update_utc
+    """The CRL is signed by ``issuer``'s key (which binds it to that CA) and current at ``now``."""
+    with decoding(what):
+        valid = _crl_signed_by(crl, issuer.public_key())
+        if not valid:
+            other = crl.issuer != issuer.subject
+            raise CollateralError(
+                f"{what} is issued by another CA" if other else f"{what} signature is invalid",
+                code="CRL_INVALID",
+                field=f"{what} issuer" if other else f"{what} signature",
+                expected=f"issued and signed by {issuer.subject.rfc4514_string()}",
+                actual=crl.issuer.rfc4514_string() if other else "invalid signature",
+                hint=hint,
+            )
+        next_update = crl.next_update_utc
+        last_update = crl.last_update_utc
     if next_update is None:
         raise CollateralError(
             f"{what} has no nextUpdate",
@@ -202,8 +254,8 @@ def check_crl(
             expected="a time",
             actual="absent",
         )
-    check_time(what, crl.last_update_utc, next_update, now)
-    return Window(crl.last_update_utc, next_update)
+    check_time(what, last_update, next_update, now)
+    return Window(last_update, next_update)
 
 
 def check_not_revoked(

@@ -8,7 +8,6 @@ collateral first (cached by content, re-checked against ``now``), then the quote
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from nacre.collateral.bundle import CollateralBundle
 from nacre.collateral.certs import load_crl, load_pem_chain
-from nacre.collateral.pck import PckExtensions, parse_pck_extensions, pck_ca_kind
+from nacre.collateral.pck import PckExtensions, ca_kind_from_cn, parse_pck_extensions
 from nacre.collateral.qe_identity import EnclaveIdentity, parse_qe_identity
 from nacre.collateral.tcb_info import TcbInfo, parse_tcb_info
 from nacre.collateral.trust import TrustRoots
@@ -30,7 +29,13 @@ from nacre.evidence.dcap import INTEL_QE_VENDOR_ID, DcapQuote
 from nacre.evidence.sgx import EnclaveReportBody
 from nacre.evidence.tdx import TdReport10, TdReport15
 from nacre.verify.cache import VerifyCache, Window, default_cache
-from nacre.verify.chain import check_crl, check_not_revoked, check_time, verify_chain_to_anchor
+from nacre.verify.chain import (
+    check_crl,
+    check_not_revoked,
+    check_time,
+    decoding,
+    verify_chain_to_anchor,
+)
 from nacre.verify.result import (
     ChainLink,
     Check,
@@ -44,6 +49,27 @@ from nacre.verify.tcb import StatusWithAdvisories, converge, match_platform_leve
 __all__ = ["verify_dcap"]
 
 _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
+
+# The checks whose wording does not depend on the quote, built once.
+_C_HEADER: Final = Check("header", "Intel QE vendor ID, ECDSA P-256 key", True)
+_C_ROOT_CRL: Final = Check("root_crl", "Intel SGX Root CA CRL signed and current", True)
+_C_PCK_CHAIN: Final = {
+    ca: Check("pck_chain", f"PCK chain to the trust anchor, PCK {ca} CA CRL", True)
+    for ca in ("processor", "platform")
+}
+_C_TCB_INFO: Final = {
+    v: Check("tcb_info", f"TCB info v{v} signed by Intel and current", True) for v in (2, 3)
+}
+_C_QE_IDENTITY: Final = {
+    q: Check("qe_identity", f"{q} identity signed by Intel and current", True)
+    for q in ("QE", "TD_QE")
+}
+_C_QE_REPORT: Final = Check("qe_report", "QE report signed by the PCK key", True)
+_C_QE_BINDING: Final = Check(
+    "qe_binding", "QE report data = SHA-256(attestation key || auth data)", True
+)
+_C_QUOTE_SIGNATURE: Final = Check("quote_signature", "quote signed by the attestation key", True)
+_C_FMSPC: Final = Check("fmspc", "FMSPC and PCE-ID of the PCK certificate match the TCB info", True)
 _REFETCH: Final = "refresh it with: nacre collateral fetch EVIDENCE --out DIR"
 
 
@@ -62,10 +88,6 @@ def _need(bundle: CollateralBundle, name: str) -> bytes:
             hint=_REFETCH,
         )
     return data
-
-
-def _anchors_key(anchors: Sequence[x509.Certificate]) -> bytes:
-    return b"".join(a.fingerprint(hashes.SHA256()) for a in anchors)
 
 
 def _raw_sig_ok(key: ec.EllipticCurvePublicKey, raw: bytes, data: bytes) -> bool:
@@ -105,6 +127,7 @@ class _Pck:
     ca: str
     links: tuple[ChainLink, ...]
     pck_crl_window: Window
+    cpu_svn_hex: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +138,10 @@ class _Signed:
 
 
 class _Collateral:
-    """Verifies each collateral item once per content (cached), against ``trust`` at ``now``."""
+    """Verifies each collateral item once per content (cached), against ``trust`` at ``now``.
+
+    Cache keys are tuples of (kind, anchors fingerprint, content SHA-256 ...).
+    """
 
     def __init__(
         self, bundle: CollateralBundle, trust: TrustRoots, now: datetime, cache: VerifyCache
@@ -124,10 +150,24 @@ class _Collateral:
         self.anchors = trust.intel
         self.now = now
         self.cache = cache
-        self.akey = _anchors_key(self.anchors)
+        self.akey = trust.intel_key
 
-    def _key(self, tag: bytes, *parts: bytes) -> bytes:
-        return hashlib.sha256(tag + self.akey + b"".join(parts)).digest()
+    def chain(
+        self, pem: bytes, digest: bytes, *, what: str, roles: tuple[str, ...]
+    ) -> tuple[tuple[x509.Certificate, ...], tuple[ChainLink, ...], tuple[Window, ...]]:
+        """A PEM chain verified to the anchors; shared by TCB info and QE identity (same signer)."""
+
+        def compute() -> tuple[
+            tuple[tuple[x509.Certificate, ...], tuple[ChainLink, ...], tuple[Window, ...]],
+            tuple[Window, ...],
+        ]:
+            certs = load_pem_chain(pem, field=what, eager=False)
+            raws, links, windows = verify_chain_to_anchor(
+                certs, self.anchors, self.now, what=what, roles=roles
+            )
+            return (raws, links, windows), windows
+
+        return self.cache.get_or_compute(("chain", self.akey, digest), self.now, compute)
 
     def root_crl(self) -> _RootCrl:
         # Step 1. The root CA CRL is signed by the trust anchor and current.
@@ -135,23 +175,23 @@ class _Collateral:
 
         def compute() -> tuple[_RootCrl, tuple[Window, ...]]:
             crl = load_crl(raw, field="root_ca_crl.der")
-            issuers = [a for a in self.anchors if a.subject == crl.issuer] or list(self.anchors)
-            window = check_crl(crl, issuers[0], self.now, what="Intel SGX Root CA CRL")
+            with decoding("root_ca_crl.der"):
+                match = [a for a in self.anchors if a.subject == crl.issuer] or list(self.anchors)
+            window = check_crl(crl, match[0], self.now, what="Intel SGX Root CA CRL")
             return _RootCrl(crl, window), (window,)
 
-        key = self._key(b"rootcrl", self.bundle.digests["root_ca_crl.der"])
+        key = ("rootcrl", self.akey, self.bundle.digests["root_ca_crl.der"])
         return self.cache.get_or_compute(key, self.now, compute)
 
     def pck(self, pem: bytes, root: _RootCrl) -> _Pck:
         # Step 2. PCK leaf -> PCK Processor/Platform CA -> Intel SGX Root CA; CRLs of both CAs.
         raw_crl = _need(self.bundle, "pck_crl.der")
+        pem_digest = hashlib.sha256(pem).digest()
 
         def compute() -> tuple[_Pck, tuple[Window, ...]]:
-            chain = load_pem_chain(pem, field="PCK certificate chain (quote certification data)")
-            _, links, windows = verify_chain_to_anchor(
-                chain,
-                self.anchors,
-                self.now,
+            chain, links, windows = self.chain(
+                pem,
+                pem_digest,
                 what="PCK certificate chain",
                 roles=("PCK leaf", "PCK CA", "root"),
             )
@@ -164,30 +204,37 @@ class _Collateral:
                     actual=f"{len(chain)} certificate(s)",
                 )
             leaf, ca_cert = chain[0], chain[1]
-            for cert in chain[1:]:
-                if cert.issuer != cert.subject:
-                    check_not_revoked(cert, root.crl, what="PCK CA certificate", code="PCK_REVOKED")
-            crl = load_crl(raw_crl, field="pck_crl.der")
-            ca = pck_ca_kind(leaf)
-            if crl.issuer != ca_cert.subject:
-                raise CollateralError(
-                    f"the PCK CRL is not the {ca} CA's CRL",
-                    code="CRL_INVALID",
-                    field="pck_crl.der issuer",
-                    expected=ca_cert.subject.rfc4514_string(),
-                    actual=crl.issuer.rfc4514_string(),
-                    hint=f"fetch the PCK CRL with ca={ca}: nacre collateral fetch EVIDENCE",
+            for ca_or_intermediate in chain[1:-1]:
+                check_not_revoked(
+                    ca_or_intermediate, root.crl, what="PCK CA certificate", code="PCK_REVOKED"
                 )
-            crl_window = check_crl(crl, ca_cert, self.now, what="PCK CRL")
-            check_not_revoked(leaf, crl, what="PCK certificate", code="PCK_REVOKED")
-            pck = _Pck(
-                _ec_key(leaf, "PCK certificate"), parse_pck_extensions(leaf), ca, links, crl_window
-            )
+            crl = load_crl(raw_crl, field="pck_crl.der")
+            with decoding("PCK certificate"):
+                ca = ca_kind_from_cn(links[1].subject)
+                crl_window = check_crl(
+                    crl,
+                    ca_cert,
+                    self.now,
+                    what="PCK CRL",
+                    hint=f"the PCK certificate was issued by the {ca} CA: fetch the PCK CRL "
+                    f"with ca={ca} (nacre collateral fetch EVIDENCE)",
+                )
+                check_not_revoked(leaf, crl, what="PCK certificate", code="PCK_REVOKED")
+                ext = parse_pck_extensions(leaf)
+                pck = _Pck(
+                    _ec_key(leaf, "PCK certificate"),
+                    ext,
+                    ca,
+                    links,
+                    crl_window,
+                    ext.cpu_svn.hex(),
+                )
             return pck, (*windows, crl_window, root.window)
 
-        key = self._key(
-            b"pck",
-            hashlib.sha256(pem).digest(),
+        key = (
+            "pck",
+            self.akey,
+            pem_digest,
             self.bundle.digests["pck_crl.der"],
             self.bundle.digests["root_ca_crl.der"],
         )
@@ -218,11 +265,9 @@ class _Collateral:
                     identity.issue_date,
                     identity.next_update,
                 )
-            chain = load_pem_chain(chain_pem, field=chain_name)
-            _, links, windows = verify_chain_to_anchor(
-                chain,
-                self.anchors,
-                self.now,
+            chain, links, windows = self.chain(
+                chain_pem,
+                self.bundle.digests[chain_name],
                 what=f"{label} issuer chain",
                 roles=("TCB signing", "root"),
             )
@@ -230,9 +275,9 @@ class _Collateral:
             check_not_revoked(
                 leaf, root.crl, what=f"{label} signing certificate", code="CERT_REVOKED"
             )
-            if not _raw_sig_ok(
-                _ec_key(leaf, f"{label} signing"), signed.signature, signed.signed_bytes
-            ):
+            with decoding(f"{label} signing certificate"):
+                key = _ec_key(leaf, f"{label} signing")
+            if not _raw_sig_ok(key, signed.signature, signed.signed_bytes):
                 raise CollateralError(
                     f"the {label} signature does not verify",
                     code=sig_code,
@@ -245,8 +290,9 @@ class _Collateral:
             value = _Signed(tcb_info, identity, links)
             return value, (*windows, Window(issued, next_update), root.window)
 
-        key = self._key(
-            body_name.encode(),
+        key = (
+            body_name,
+            self.akey,
             self.bundle.digests[body_name],
             self.bundle.digests[chain_name],
             self.bundle.digests["root_ca_crl.der"],
@@ -300,16 +346,17 @@ def _check_qe_identity(qe: EnclaveReportBody, ident: EnclaveIdentity) -> None:
             f"{ident.miscselect & ident.miscselect_mask:08x}",
             f"{qe.misc_select & ident.miscselect_mask:08x}",
         )
-    masked = bytes(a & m for a, m in zip(qe.attributes, ident.attributes_mask, strict=True))
-    want = bytes(a & m for a, m in zip(ident.attributes, ident.attributes_mask, strict=True))
-    if masked != want:
+    mask = int.from_bytes(ident.attributes_mask, "little")
+    got = int.from_bytes(qe.attributes, "little") & mask
+    want = int.from_bytes(ident.attributes, "little") & mask
+    if got != want:
         raise _fail(
             "QE_IDENTITY_MISMATCH",
             step,
             "the quoting enclave's ATTRIBUTES differ",
             "QE ATTRIBUTES (masked)",
-            want.hex(),
-            masked.hex(),
+            want.to_bytes(16, "little").hex(),
+            got.to_bytes(16, "little").hex(),
         )
     if qe.debug:
         raise _fail(
@@ -359,8 +406,9 @@ def _module_status(tcb_info: TcbInfo, td: TdReport10) -> StatusWithAdvisories | 
             td.mr_signer_seam.hex(),
         )
     mask = module.attributes_mask
-    got = bytes(a & m for a, m in zip(td.seam_attributes, mask, strict=True))
-    want = bytes(a & m for a, m in zip(module.attributes, mask, strict=True))
+    mask_int = int.from_bytes(mask, "little")
+    got = (int.from_bytes(td.seam_attributes, "little") & mask_int).to_bytes(8, "little")
+    want = (int.from_bytes(module.attributes, "little") & mask_int).to_bytes(8, "little")
     if got != want:
         raise _fail(
             "TDX_MODULE_MISMATCH",
@@ -476,15 +524,15 @@ def _verify(
             expected=INTEL_QE_VENDOR_ID.hex(),
             actual=quote.header.qe_vendor_id.hex(),
         )
-    checks.append(Check("header", "Intel QE vendor ID, ECDSA P-256 key", True))
+    checks.append(_C_HEADER)
 
     # Step 1. Root CA CRL.
     root = coll.root_crl()
-    checks.append(Check("root_crl", "Intel SGX Root CA CRL signed and current", True))
+    checks.append(_C_ROOT_CRL)
 
     # Step 2. PCK chain with its CRLs.
     pck = coll.pck(quote.pck_chain_pem, root)
-    checks.append(Check("pck_chain", f"PCK chain to the trust anchor, PCK {pck.ca} CA CRL", True))
+    checks.append(_C_PCK_CHAIN[pck.ca])
 
     # Step 3. TCB info: chain, signature, validity, and that it is for this TEE.
     tcb_signed = coll.signed("tcb_info.json", "tcb_info_issuer_chain.pem", root)
@@ -501,9 +549,7 @@ def _verify(
             actual=f"{tcb_info.id} version {tcb_info.version}",
             hint=f"fetch the {want_id.lower()} TCB info: nacre collateral fetch EVIDENCE",
         )
-    checks.append(
-        Check("tcb_info", f"TCB info v{tcb_info.version} signed by Intel and current", True)
-    )
+    checks.append(_C_TCB_INFO[tcb_info.version])
 
     # Step 4. QE identity: chain, signature, validity, and the right enclave (QE / TD_QE).
     qe_signed = coll.signed("qe_identity.json", "qe_identity_issuer_chain.pem", root)
@@ -520,7 +566,7 @@ def _verify(
             actual=identity.id,
             hint="fetch the QE identity for this TEE: nacre collateral fetch EVIDENCE",
         )
-    checks.append(Check("qe_identity", f"{want_qe} identity signed by Intel and current", True))
+    checks.append(_C_QE_IDENTITY[want_qe])
 
     sig = quote.signature
     qe = sig.qe.qe_report
@@ -536,7 +582,7 @@ def _verify(
             "invalid signature",
             "the quote was altered or its PCK chain belongs to another platform",
         )
-    checks.append(Check("qe_report", "QE report signed by the PCK key", True))
+    checks.append(_C_QE_REPORT)
 
     # Step 6. QE report data binds the attestation key: SHA-256(key || auth data) || 32 zero bytes.
     expected_rd = hashlib.sha256(sig.attestation_key + sig.qe.qe_auth_data).digest() + bytes(32)
@@ -549,9 +595,7 @@ def _verify(
             expected_rd.hex(),
             qe.report_data.hex(),
         )
-    checks.append(
-        Check("qe_binding", "QE report data = SHA-256(attestation key || auth data)", True)
-    )
+    checks.append(_C_QE_BINDING)
 
     # Step 7. The QE matches Intel's QE identity; its TCB level by ISVSVN.
     _check_qe_identity(qe, identity)
@@ -582,7 +626,7 @@ def _verify(
             "invalid signature",
             "the quote was altered after it was signed",
         )
-    checks.append(Check("quote_signature", "quote signed by the attestation key", True))
+    checks.append(_C_QUOTE_SIGNATURE)
 
     # Step 9. The TCB info is for this platform: FMSPC and PCE-ID from the PCK certificate.
     if pck.ext.fmspc != tcb_info.fmspc:
@@ -604,9 +648,7 @@ def _verify(
             pck.ext.pce_id.hex(),
             tcb_info.pce_id.hex(),
         )
-    checks.append(
-        Check("fmspc", f"FMSPC {pck.ext.fmspc.hex()} and PCE-ID match the TCB info", True)
-    )
+    checks.append(_C_FMSPC)
 
     # Step 10. Platform TCB level (SGX components + PCESVN; TDX adds TEE_TCB_SVN), TDX module.
     td = quote.body if isinstance(quote.body, TdReport10) else None
@@ -614,11 +656,11 @@ def _verify(
     platform = StatusWithAdvisories(level.status, level.advisory_ids, level.date)
     module = _module_status(tcb_info, td) if td is not None else None
     reason = (
-        f"first level (tcbDate {level.date}) with SGX components <= {list(pck.ext.tcb_components)} "
-        f"and PCESVN <= {pck.ext.pce_svn}"
+        f"the first level (tcbDate {level.date}) whose SGX components and PCESVN are at or "
+        f"below the PCK certificate's (CPUSVN {pck.cpu_svn_hex}, PCESVN {pck.ext.pce_svn})"
     )
     if td is not None:
-        reason += f" and TDX components <= {td.tee_tcb_svn.hex()}"
+        reason += f" and TDX components at or below TEE_TCB_SVN {td.tee_tcb_svn.hex()}"
     final = platform
     if module is not None:
         final = converge(final, module)

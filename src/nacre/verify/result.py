@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+# Small records are NamedTuples: immutable like frozen dataclasses, and several times cheaper to
+# build, which matters on the per-quote path (about 20 of them per verification).
 __all__ = [
     "ChainLink",
     "Check",
@@ -23,8 +25,7 @@ TeeKind = Literal["sgx", "tdx", "snp"]
 _VERIFIER_TOKEN = object()
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
+class Check(NamedTuple):
     """One verification step, as passed or failed, with why."""
 
     step: str
@@ -33,8 +34,7 @@ class Check:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ChainLink:
+class ChainLink(NamedTuple):
     """One certificate on the way from evidence to trust anchor."""
 
     role: str
@@ -43,8 +43,7 @@ class ChainLink:
     not_after: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class CollateralItem:
+class CollateralItem(NamedTuple):
     """One collateral item that was used, with its validity window."""
 
     name: str
@@ -52,8 +51,7 @@ class CollateralItem:
     next_update: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class TcbMatch:
+class TcbMatch(NamedTuple):
     """The TCB level matched and why."""
 
     platform_status: str

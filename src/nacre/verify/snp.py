@@ -11,26 +11,30 @@ Debug policy, VMPL and measurements are appraisal, not verification: they are on
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from nacre.collateral.amd import AmdCertExtensions, LeafKind, SnpCollateral
 from nacre.collateral.trust import TrustRoots
 from nacre.errors import MalformedEvidenceError, UsageError, VerificationError
 from nacre.evidence.snp import (
+    REPORT_SIZE,
     SIGNED_SIZE,
     SIGNING_KEY_NONE,
     SIGNING_KEY_VCEK,
     SIGNING_KEY_VLEK,
+    SUPPORTED_VERSIONS,
     SnpReport,
     TcbVersion,
     parse_snp_report,
@@ -46,6 +50,8 @@ _ECDSA_P384_SHA384: Final = ec.ECDSA(hashes.SHA384())
 _AMD_PSS: Final = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 _SIGNING_KEYS: Final[dict[int, LeafKind]] = {SIGNING_KEY_VCEK: "VCEK", SIGNING_KEY_VLEK: "VLEK"}
 _KDS_HINT: Final = "fetch the certificates for this report again from AMD KDS"
+_PARSED: Final = {v: Check("parse", f"report version {v} parses", True) for v in SUPPORTED_VERSIONS}
+_ANCHORED: Final = Check("anchor", "the chain's root is a trusted ARK for its product", True)
 
 
 def _error(
@@ -76,11 +82,36 @@ def _fingerprint(cert: x509.Certificate) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Chain:
-    """What a verified ARK -> intermediate -> leaf chain yields; cached by content."""
+    """What a verified ARK -> intermediate -> leaf chain yields, cached by content.
+
+    Besides the leaf key, everything per-call work would otherwise rebuild from the certificates:
+    the TCB the leaf was issued for, the chain links, the collateral items and the passed checks.
+    """
 
     leaf_key: ec.EllipticCurvePublicKey
     links: tuple[ChainLink, ...]  # leaf, intermediate, ARK
     windows: tuple[Window, ...]  # same order
+    files: tuple[str, str, str]  # same order
+    product: str
+    leaf_tcb: bytes  # TCB_VERSION bytes the leaf was issued for, in the product's layout
+    collateral: tuple[CollateralItem, ...]
+    passed: Mapping[str, Check]  # checks of the steps after the chain, by step
+
+
+_MAX_ANCHOR_DIGESTS: Final = 64
+_ANCHOR_DIGESTS: Final[dict[int, tuple[x509.Certificate, bytes]]] = {}
+
+
+def _anchor_digest(cert: x509.Certificate) -> bytes:
+    """SHA-256 of a trust anchor's DER, computed once per anchor object."""
+    hit = _ANCHOR_DIGESTS.get(id(cert))
+    if hit is not None and hit[0] is cert:  # the entry holds the object, so its id is not reused
+        return hit[1]
+    digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
+    if len(_ANCHOR_DIGESTS) >= _MAX_ANCHOR_DIGESTS:
+        _ANCHOR_DIGESTS.clear()
+    _ANCHOR_DIGESTS[id(cert)] = (cert, digest)
+    return digest
 
 
 def _signature_problem(child: x509.Certificate, parent: x509.Certificate) -> str | None:
@@ -95,9 +126,13 @@ def _signature_problem(child: x509.Certificate, parent: x509.Certificate) -> str
     if not isinstance(key, rsa.RSAPublicKey):
         return f"issuer key is {type(key).__name__}, not RSA"
     try:
+        # AMD's parameters, explicitly; then the ones the certificate declares must agree.
         key.verify(child.signature, child.tbs_certificate_bytes, _AMD_PSS, hashes.SHA384())
+        child.verify_directly_issued_by(parent)
     except InvalidSignature:
         return "the signature does not verify"
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        return f"the signature parameters are not AMD's RSA-PSS SHA-384 ({exc})"
     return None
 
 
@@ -192,18 +227,45 @@ def _verify_chain(coll: SnpCollateral, anchors: Sequence[x509.Certificate]) -> _
             getattr(getattr(key, "curve", None), "name", type(key).__name__),
         )
     certs = ((coll.leaf_kind, coll.leaf), (role, coll.intermediate), ("ARK", anchor))
+    links = tuple(
+        ChainLink(r, c.subject.rfc4514_string(), c.not_valid_before_utc, c.not_valid_after_utc)
+        for r, c in certs
+    )
+    files = (coll.leaf_file, coll.intermediate_file, coll.ark_file or "trusted ARK")
+    product = coll.product
+    leaf_tcb = coll.extensions.tcb
+    kind = coll.leaf_kind
     return _Chain(
         leaf_key=key,
-        links=tuple(
-            ChainLink(r, c.subject.rfc4514_string(), c.not_valid_before_utc, c.not_valid_after_utc)
-            for r, c in certs
-        ),
+        links=links,
         windows=tuple(Window(c.not_valid_before_utc, c.not_valid_after_utc) for _, c in certs),
+        files=files,
+        product=product,
+        leaf_tcb=leaf_tcb.to_bytes(),
+        collateral=tuple(
+            CollateralItem(f"{link.role} ({file})", link.not_before, link.not_after)
+            for link, file in zip(links, files, strict=True)
+        ),
+        passed=MappingProxyType(
+            {
+                "chain": Check("chain", f"ARK -> {role} -> {kind}", True, _cn(anchor)),
+                "signing_key": Check("signing_key", f"report signed by the {kind}", True),
+                "signature": Check("signature", "ECDSA P-384 SHA-384 report signature", True),
+                "tcb": Check("tcb", f"REPORTED_TCB {leaf_tcb.hex()} matches the {kind}", True),
+                "chip_id": Check("chip_id", "CHIP_ID matches the VCEK hwID", True)
+                if kind == "VCEK"
+                else Check("chip_id", "not applicable: a VLEK is not chip-specific", True),
+                "product": Check("product", f"{product}, CPUID agrees", True),
+                "product (no CPUID)": Check("product", f"{product} (no CPUID in the report)", True),
+            }
+        ),
     )
 
 
-def _check_validity(chain: _Chain, files: Sequence[str], now: datetime) -> None:
-    for link, window, file in zip(chain.links, chain.windows, files, strict=True):
+def _check_validity(chain: _Chain, now: datetime) -> None:
+    for link, window, file in zip(chain.links, chain.windows, chain.files, strict=True):
+        if window.not_before <= now <= window.not_after:
+            continue
         when = (
             f"valid {window.not_before:%Y-%m-%d %H:%M:%SZ} to {window.not_after:%Y-%m-%d %H:%M:%SZ}"
         )
@@ -232,6 +294,12 @@ def _check_validity(chain: _Chain, files: Sequence[str], now: datetime) -> None:
 # --------------------------------------------------------------------------- report bindings
 
 
+def _in_layout(tcb: TcbVersion, extensions: AmdCertExtensions) -> TcbVersion:
+    """``tcb``'s bytes read in the layout of the certificate's product."""
+    layout = extensions.tcb_layout
+    return tcb if tcb.layout == layout else TcbVersion.from_bytes(tcb.to_bytes(), layout)
+
+
 def check_reported_tcb(
     reported: TcbVersion, extensions: AmdCertExtensions, *, leaf: str = "VCEK"
 ) -> None:
@@ -239,7 +307,7 @@ def check_reported_tcb(
 
     ``reported`` is re-read in the layout of the certificate's product (Turin carries an FMC SVN).
     """
-    tcb = TcbVersion.from_bytes(reported.to_bytes(), extensions.tcb_layout)
+    tcb = _in_layout(reported, extensions)
     pairs: list[tuple[str, str, int, int]] = []
     if tcb.fmc is not None:
         pairs.append(("fmc", "fmcSPL", tcb.fmc, extensions.fmc or 0))
@@ -282,7 +350,7 @@ def check_chip_id(chip_id: bytes, extensions: AmdCertExtensions) -> None:
             "64 bytes",
             "absent",
         )
-    if not any(chip_id):
+    if chip_id == bytes(len(chip_id)):
         raise _error(
             "chip_id",
             "the report's CHIP_ID is masked (all zero), so it cannot be bound to the VCEK",
@@ -297,7 +365,8 @@ def check_chip_id(chip_id: bytes, extensions: AmdCertExtensions) -> None:
     if len(hw_id) == len(chip_id):
         same = hw_id == chip_id
     else:
-        same = chip_id[: len(hw_id)] == hw_id and not any(chip_id[len(hw_id) :])
+        rest = chip_id[len(hw_id) :]
+        same = chip_id[: len(hw_id)] == hw_id and rest == bytes(len(rest))
     if not same:
         raise _error(
             "chip_id",
@@ -325,7 +394,7 @@ def _anchors(coll: SnpCollateral, trust: TrustRoots) -> list[x509.Certificate]:
     if coll.ark is None:
         return candidates
     for candidate in candidates:
-        if candidate == coll.ark:
+        if _anchor_digest(candidate) == coll.ark_sha256:
             return [candidate]
     raise _error(
         "anchor",
@@ -338,7 +407,9 @@ def _anchors(coll: SnpCollateral, trust: TrustRoots) -> list[x509.Certificate]:
     )
 
 
-def _claims(report: SnpReport, coll: SnpCollateral, reported: TcbVersion) -> dict[str, Any]:
+def _claims(
+    report: SnpReport, coll: SnpCollateral, reported: TcbVersion, product: str
+) -> dict[str, Any]:
     return {
         "measurement": report.measurement.hex(),
         "host_data": report.host_data.hex(),
@@ -354,7 +425,7 @@ def _claims(report: SnpReport, coll: SnpCollateral, reported: TcbVersion) -> dic
         "image_id": report.image_id.hex(),
         "guest_svn": report.guest_svn,
         "signing_key": coll.leaf_kind,
-        "product": coll.product,
+        "product": product,
         "reported_tcb_decoded": reported.to_dict(),
     }
 
@@ -370,7 +441,11 @@ def verify_snp(
     trust: TrustRoots,
     cache: VerifyCache | None = None,
 ) -> VerifiedEvidence:
-    """Verify one SEV-SNP report. Returns :class:`VerifiedEvidence` or raises VerificationError."""
+    """Verify one SEV-SNP report (raw ATTESTATION_REPORT bytes) against AMD certificates.
+
+    Returns :class:`VerifiedEvidence` or raises :class:`VerificationError`, whose ``.checks`` hold
+    the steps that passed, then the one that failed.
+    """
     if now.tzinfo is None or now.utcoffset() is None:
         raise UsageError(
             "the verification time must carry a time zone",
@@ -378,41 +453,47 @@ def verify_snp(
             expected="an aware datetime (e.g. datetime.now(UTC))",
             actual=now.isoformat(),
         )
-    coll = collateral
     checks: list[Check] = []
+    try:
+        return _verify(report, collateral, now, trust, cache, checks)
+    except VerificationError as exc:
+        exc.checks = (*checks, Check(exc.step or "parse", exc.message, False, str(exc)))
+        raise
 
+
+def _verify(
+    report: bytes,
+    coll: SnpCollateral,
+    now: datetime,
+    trust: TrustRoots,
+    cache: VerifyCache | None,
+    checks: list[Check],
+) -> VerifiedEvidence:
     # 1. Parse the ATTESTATION_REPORT (structure, version 2..5, signature algorithm ECDSA P-384).
     parsed = parse_snp_report(report)
-    checks.append(Check("parse", f"report version {parsed.version} parses", True))
+    checks.append(_PARSED[parsed.version])
 
     # 2. Choose the anchor: the trusted ARK for the leaf's product. A bundle's own ark.pem is only
     #    compared with it: a bundle cannot make itself trusted.
     anchors = _anchors(coll, trust)
-    checks.append(
-        Check("anchor", f"ARK for {coll.product}", True, " or ".join(_cn(a) for a in anchors))
-    )
+    checks.append(_ANCHORED)
 
     # 3. ARK self-signed -> ASK/ASVK -> VCEK/VLEK, RSA-PSS SHA-384, CA flags, P-384 leaf key.
-    #    Cached by content (anchors, intermediate, leaf); validity re-checked at `now` every call.
-    h = hashlib.sha256(b"nacre snp chain v1")
-    h.update(coll.leaf_sha256)
-    h.update(coll.intermediate_sha256)
-    if coll.ark_sha256 is not None:
-        h.update(coll.ark_sha256)  # equal to anchors[0], byte for byte (step 2)
-    else:
-        for anchor in anchors:
-            h.update(anchor.fingerprint(hashes.SHA256()))
+    #    Cached by content (certificates, file names, anchors). The cache serves an entry only
+    #    while `now` is inside every certificate's validity; otherwise the chain is verified again
+    #    and its validity checked at `now`, failing with the precise certificate and dates.
+    key = coll.chain_key
+    if coll.ark is None:
+        key += b"".join(_anchor_digest(a) for a in anchors)
 
     def compute() -> tuple[_Chain, tuple[Window, ...]]:
-        chain = _verify_chain(coll, anchors)
-        return chain, chain.windows
+        verified = _verify_chain(coll, anchors)
+        _check_validity(verified, now)
+        return verified, verified.windows
 
-    chain = (cache or default_cache()).get_or_compute(h.digest(), now, compute)
-    files = (coll.leaf_file, coll.intermediate_file, coll.ark_file or "trusted ARK")
-    _check_validity(chain, files, now)
-    checks.append(
-        Check("chain", " -> ".join(link.role for link in reversed(chain.links)), True, "RSA-PSS")
-    )
+    chain = (default_cache() if cache is None else cache).get_or_compute(key, now, compute)
+    passed = chain.passed
+    checks.append(passed["chain"])
 
     # 4. SIGNING_KEY in the report names the kind of key the leaf certificate holds.
     signer = parsed.signing_key
@@ -445,9 +526,10 @@ def verify_snp(
             f"{coll.leaf_kind} certificate ({coll.leaf_file})",
             f"put the {_SIGNING_KEYS[signer]} for this platform in the collateral",
         )
-    checks.append(Check("signing_key", f"report signed by the {coll.leaf_kind}", True))
+    checks.append(passed["signing_key"])
 
     # 5. The report signature: ECDSA P-384 SHA-384 over bytes 0x000..0x29F, r and s little-endian.
+    #    Never cached: every report carries a fresh nonce.
     if parsed.mask_chip_key:
         raise _error(
             "signature",
@@ -457,6 +539,19 @@ def verify_snp(
             "0",
             "1",
             "disable MASK_CHIP_KEY on the host to get signed reports",
+        )
+    reserved = parsed.signature_reserved
+    if reserved != bytes(len(reserved)):
+        # Not covered by the signature: anything but zeros would make the evidence malleable.
+        start = REPORT_SIZE - len(reserved)
+        first = start + next(i for i, b in enumerate(reserved) if b)
+        raise MalformedEvidenceError(
+            "the reserved bytes after the report signature are not zero",
+            code="REPORT_MALFORMED",
+            field="signature_reserved",
+            expected=f"zero bytes at {start:#x}-{REPORT_SIZE - 1:#x}",
+            actual=f"non-zero byte at {first:#x}",
+            step="signature",
         )
     r, s = parsed.signature_rs
     try:
@@ -473,52 +568,49 @@ def verify_snp(
             "a signature that does not verify",
             "the report was modified, or the certificate is for another platform or TCB",
         ) from None
-    checks.append(Check("signature", "ECDSA P-384 SHA-384 report signature", True))
+    checks.append(passed["signature"])
 
-    # 6. REPORTED_TCB equals the TCB the leaf certificate was issued for.
-    reported = TcbVersion.from_bytes(parsed.reported_tcb.to_bytes(), coll.extensions.tcb_layout)
-    check_reported_tcb(reported, coll.extensions, leaf=coll.leaf_kind)
-    checks.append(Check("tcb", f"REPORTED_TCB {reported.hex()} matches the {coll.leaf_kind}", True))
+    # 6. REPORTED_TCB equals the TCB the leaf certificate was issued for (read in the layout of
+    #    the leaf's product: Turin and later carry an FMC SVN).
+    reported = _in_layout(parsed.reported_tcb, coll.extensions)
+    if reported.to_bytes() != chain.leaf_tcb:
+        check_reported_tcb(reported, coll.extensions, leaf=coll.leaf_kind)
+    checks.append(passed["tcb"])
 
     # 7. CHIP_ID equals the VCEK's hwID (a VLEK is not chip-specific; masked CHIP_ID fails closed).
     if coll.leaf_kind == "VCEK":
         check_chip_id(parsed.chip_id, coll.extensions)
-        checks.append(Check("chip_id", "CHIP_ID matches the VCEK hwID", True))
-    else:
-        checks.append(Check("chip_id", "not applicable: a VLEK is not chip-specific", True))
+    checks.append(passed["chip_id"])
 
     # 8. Product: from the certificate's productName; for v3+ the CPUID fields must agree.
-    fms = (parsed.cpuid_fam_id, parsed.cpuid_mod_id, parsed.cpuid_step)
-    if parsed.cpuid_fam_id is not None and parsed.cpuid_mod_id is not None and any(fms):
-        cpu_product = product_from_cpuid(parsed.cpuid_fam_id, parsed.cpuid_mod_id)
-        if cpu_product != coll.product:
+    product = chain.product
+    family, model = parsed.cpuid_fam_id, parsed.cpuid_mod_id
+    if family is not None and model is not None and (family or model or parsed.cpuid_step):
+        cpu_product = product_from_cpuid(family, model)
+        if cpu_product != product:
             raise _error(
                 "product",
                 f"the report comes from a {cpu_product or 'unknown'} CPU, the {coll.leaf_kind} "
                 f"is for {coll.extensions.product_name}",
                 "PRODUCT_MISMATCH",
                 "cpuid_fam_id/cpuid_mod_id",
-                f"a {coll.product} CPU",
-                f"family {parsed.cpuid_fam_id:#x} model {parsed.cpuid_mod_id:#x} "
-                f"({cpu_product or 'unknown product'})",
+                f"a {product} CPU",
+                f"family {family:#x} model {model:#x} ({cpu_product or 'unknown product'})",
             )
-        checks.append(Check("product", f"{coll.product}, CPUID agrees", True))
+        checks.append(passed["product"])
     else:
-        checks.append(Check("product", f"{coll.product} (no CPUID in the report)", True))
+        checks.append(passed["product (no CPUID)"])
 
     return _make(
         tee="snp",
         version=parsed.version,
         tcb_status=None,
         advisory_ids=(),
-        claims=_claims(parsed, coll, reported),
+        claims=_claims(parsed, coll, reported, product),
         verified_at=now,
         sim=trust.simulation,
         checks=tuple(checks),
         chain=chain.links,
-        collateral=tuple(
-            CollateralItem(f"{link.role} ({file})", link.not_before, link.not_after)
-            for link, file in zip(chain.links, files, strict=True)
-        ),
+        collateral=chain.collateral,
         evidence=parsed,
     )

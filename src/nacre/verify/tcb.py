@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from nacre.collateral.qe_identity import EnclaveIdentity
 from nacre.collateral.tcb_info import TcbInfo, TcbLevel
@@ -16,8 +15,7 @@ _OUT_OF_DATE: Final = "OutOfDate"
 _REVOKED: Final = "Revoked"
 
 
-@dataclass(frozen=True, slots=True)
-class StatusWithAdvisories:
+class StatusWithAdvisories(NamedTuple):
     status: str
     advisory_ids: tuple[str, ...]
     date: str | None = None
