@@ -290,3 +290,25 @@ def test_trust_roots_default_are_pinned() -> None:
     roots = TrustRoots.default()
     assert len(roots.intel) == 1
     assert {"Milan", "Genoa"} <= set(roots.amd)
+
+
+def test_evidence_over_the_size_limit_is_refused() -> None:
+    from nacre.errors import LimitExceededError, MalformedEvidenceError
+    from nacre.limits import MAX_EVIDENCE_BYTES
+
+    raw = (TDX / "quote.bin").read_bytes()
+    big = raw + bytes(MAX_EVIDENCE_BYTES)
+    with pytest.raises(MalformedEvidenceError) as info:
+        verify(big, collateral=CollateralBundle.from_dir(TDX), now=TDX_NOW)
+    assert isinstance(info.value, LimitExceededError)
+    assert info.value.field == "evidence size"
+
+
+def test_collateral_file_over_the_limit_is_refused(tmp_path: Path) -> None:
+    from nacre.errors import LimitExceededError
+    from nacre.limits import MAX_COLLATERAL_FILE_BYTES
+
+    (tmp_path / "tcb_info.json").write_bytes(b" " * (MAX_COLLATERAL_FILE_BYTES + 1))
+    with pytest.raises(LimitExceededError) as info:
+        CollateralBundle.from_dir(tmp_path)
+    assert info.value.field == "tcb_info.json"

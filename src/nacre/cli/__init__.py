@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from nacre.cli.collateral_cmd import collateral_app
+from nacre.cli.node_cmd import node_app
+from nacre.cli.sim_cmd import sim_app
 from nacre.cli.verify_cmd import verify_command
 
 __all__ = ["app", "main"]
@@ -24,7 +26,9 @@ def _root() -> None:
     """nacre: verify TEE evidence, manage collateral, run the attestation service."""
 
 
-app.add_typer(collateral_app, name="collateral", help="Fetch and cache collateral.")
+app.add_typer(collateral_app, name="collateral", help="Fetch, cache and serve collateral.")
+app.add_typer(sim_app, name="sim", help="A simulated SGX/TDX platform (real quote bytes).")
+app.add_typer(node_app, name="node")
 
 
 def main() -> None:

@@ -22,10 +22,11 @@ from nacre.collateral.fetch import FetchOutcome, fetch_collateral
 from nacre.collateral.kds import AMD_KDS_URL, KdsClient
 from nacre.collateral.pcs import INTEL_PCS_URL, PcsClient
 from nacre.collateral.recheck import collateral_validator
+from nacre.collateral.trust import SIM_ROOT_CA_FILE, TrustRoots, default_sim_dir
 from nacre.errors import LimitExceededError, NacreError, UsageError
 from nacre.limits import MAX_EVIDENCE_BYTES
 
-__all__ = ["collateral_app", "fetch_command"]
+__all__ = ["collateral_app", "fetch_command", "serve_command", "sim_trust"]
 
 collateral_app = typer.Typer(
     help="Fetch collateral (Intel PCS/PCCS v4, AMD KDS) into a bundle directory.",
@@ -71,6 +72,26 @@ def _json_out(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
+def sim_trust(sim_dir: Path | None, bundle_root: bytes | None = None) -> TrustRoots:
+    """``--trust-sim``: the simulation root of ``sim_dir`` (default: the local platform, if any),
+    else ``bundle_root`` (a bundle's ``sim_root_ca.pem``), which must be a simulation root."""
+    local = (sim_dir or default_sim_dir()) / SIM_ROOT_CA_FILE
+    if local.is_file():
+        return TrustRoots.simulation(local)
+    if sim_dir is None and bundle_root is not None:
+        from nacre.collateral.certs import load_certificate
+
+        return TrustRoots.simulation(load_certificate(bundle_root, field="sim_root_ca.pem"))
+    raise UsageError(
+        "--trust-sim: no simulation root to trust",
+        field="--trust-sim",
+        expected=f"a simulated platform at {local}"
+        + ("" if sim_dir else " or sim_root_ca.pem in the bundle"),
+        actual="none found",
+        hint="create a platform with: nacre sim init (or point --sim-dir / NACRE_SIM_DIR at one)",
+    )
+
+
 @collateral_app.command("fetch")
 def fetch_command(
     evidence: Annotated[
@@ -108,6 +129,16 @@ def fetch_command(
             "--product", help="AMD product line (Milan, Genoa, Turin); v2 reports need it."
         ),
     ] = None,
+    trust_sim: Annotated[
+        bool,
+        typer.Option(
+            "--trust-sim", help="Accept collateral of nacre's simulated platform (nacre sim)."
+        ),
+    ] = False,
+    sim_dir: Annotated[
+        Path | None,
+        typer.Option("--sim-dir", help="Simulated platform directory (default: NACRE_SIM_DIR)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Fetch the collateral EVIDENCE needs and write it as a bundle for `nacre verify`."""
@@ -124,9 +155,10 @@ def fetch_command(
     try:
         data = _read_evidence(evidence)
         now = datetime.now(UTC)
+        trust = sim_trust(sim_dir) if trust_sim else None
         cache = None
         if not no_cache:
-            cache = DiskCache(cache_dir, validate=collateral_validator(), on_drop=dropped)
+            cache = DiskCache(cache_dir, validate=collateral_validator(trust), on_drop=dropped)
         with (
             PcsClient(pccs, ca_bundle=ca_bundle) as pcs,
             KdsClient(kds, ca_bundle=ca_bundle) as kds_client,
@@ -138,6 +170,7 @@ def fetch_command(
                 cache=cache,
                 now=now,
                 product=product,
+                trust=trust,
                 on_step=step,
             )
         out_dir = out if out is not None else evidence.parent
@@ -183,3 +216,38 @@ def fetch_command(
     console.print(f"[bold green]wrote[/] {len(names)} files to {escape(str(out_dir))}")
     console.print(table)
     console.print(escape(f"verify with: nacre verify {evidence} --collateral {out_dir}"))
+
+
+@collateral_app.command("serve")
+def serve_command(
+    sim_dir: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Simulated platform directory (default: NACRE_SIM_DIR)."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port).")] = 8081,
+) -> None:
+    """Serve the simulated platform's collateral under the Intel PCS v4 paths (plain HTTP)."""
+    from nacre.sim.platform import SimPlatform
+    from nacre.sim.serve import make_server
+
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        platform = SimPlatform.load(sim_dir)
+        server = make_server(platform, host, port)
+    except NacreError as exc:
+        Console(stderr=True).print(f"[bold red]error[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        Console(stderr=True).print(f"[bold red]error[/] cannot listen on {host}:{port}: {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"serving simulated collateral (FMSPC {platform.fmspc.hex()}) at {server.url}")
+    console.print(
+        escape(f"fetch with: nacre collateral fetch QUOTE --pccs {server.url} --trust-sim")
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

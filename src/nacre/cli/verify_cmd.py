@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from nacre.appraisal.baseline import BaselinePolicy, appraise_baseline
+from nacre.cli.collateral_cmd import sim_trust
 from nacre.cli.render import render_rejection, render_result, render_usage_error
 from nacre.collateral.bundle import CollateralBundle
 from nacre.collateral.trust import TrustRoots
@@ -68,8 +69,17 @@ def verify_command(
         typer.Option(help="PEM/DER root that replaces the pinned Intel/AMD roots for this call."),
     ] = None,
     trust_sim: Annotated[
-        bool, typer.Option("--trust-sim", help="Trust nacre's simulation root.")
+        bool,
+        typer.Option(
+            "--trust-sim",
+            help="Trust nacre's simulation root (the local platform's, else the bundle's "
+            "sim_root_ca.pem); results say sim: true.",
+        ),
     ] = False,
+    sim_dir: Annotated[
+        Path | None,
+        typer.Option("--sim-dir", help="Simulated platform whose root --trust-sim trusts."),
+    ] = None,
     policy: Annotated[Path | None, typer.Option(help="Appraisal policy file.")] = None,
     allow_debug: Annotated[
         bool, typer.Option("--allow-debug", help="UNSAFE: accept debug enclaves/TDs/guests.")
@@ -90,11 +100,12 @@ def verify_command(
     tee: str | None = None
     version: int | None = None
     try:
-        if trust_sim:
+        if trust_sim and trust_root is not None:
             raise UsageError(
-                "--trust-sim: the simulation platform (nacre sim) is not built yet",
+                "--trust-sim and --trust-root both name the roots to trust",
                 field="--trust-sim",
-                hint="simulated evidence arrives with the TEE SDK; verify real evidence for now",
+                expected="one of --trust-sim, --trust-root",
+                actual="both",
             )
         if policy is not None:
             raise UsageError(
@@ -111,6 +122,8 @@ def verify_command(
         tee, version = _evidence_facts(data)
         bundle = CollateralBundle.from_dir(collateral or evidence.parent)
         trust = TrustRoots.from_file(trust_root) if trust_root else None
+        if trust_sim:
+            trust = sim_trust(sim_dir, bundle.get("sim_root_ca.pem"))
         now = _parse_time(at)
         result = verify(data, collateral=bundle, now=now, trust=trust)
         appraise_baseline(

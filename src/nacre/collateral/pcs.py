@@ -252,6 +252,16 @@ class PcsClient:
             dp = INTEL_ROOT_CA_CRL_URL
         else:
             found = crl_distribution_point(root)
+            if found is None and self.service == "pccs":
+                # A private or simulation root without a distribution point: only the PCCS
+                # route can serve its CRL.
+                return Request(
+                    url=self._url("/sgx/certification/v4/rootcacrl"),
+                    what="Root CA CRL",
+                    accept="*/*",
+                    not_found_hint="the root names no CRL distribution point; serve the CRL at "
+                    "the PCCS rootcacrl route",
+                )
             if found is None:
                 raise CollateralFetchError(
                     "the root certificate names no https:// CRL distribution point",

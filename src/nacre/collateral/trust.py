@@ -7,11 +7,13 @@ Nothing in a collateral bundle can make itself trusted: the anchors come only fr
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Final
 
+import platformdirs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -19,7 +21,21 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from nacre.collateral.certs import load_certificate
 from nacre.errors import UsageError
 
-__all__ = ["AMD_PRODUCTS", "TrustRoots"]
+__all__ = [
+    "AMD_PRODUCTS",
+    "SIM_DIR_ENV",
+    "SIM_ROOT_CA_CN",
+    "SIM_ROOT_CA_FILE",
+    "TrustRoots",
+    "default_sim_dir",
+]
+
+#: Subject CN of the root of every simulated platform (``nacre sim``).
+SIM_ROOT_CA_CN: Final = "nacre Simulation Root CA"
+#: Where a simulated platform keeps its root certificate, inside its directory.
+SIM_ROOT_CA_FILE: Final = "root_ca.pem"
+#: Environment variable naming the simulated platform's directory.
+SIM_DIR_ENV: Final = "NACRE_SIM_DIR"
 
 #: AMD product lines whose ARK ships with nacre, keyed by the name KDS uses.
 AMD_PRODUCTS: Final = ("Milan", "Genoa", "Turin")
@@ -50,18 +66,19 @@ class TrustRoots:
 
     ``intel``: roots a PCK chain and the collateral signing chains must end in.
     ``amd``: ARKs an SNP chain must end in, by product name.
-    ``simulation``: whether these roots are nacre's simulation roots (results say ``sim: true``).
+    ``sim``: whether these roots are nacre's simulation roots (results say ``sim: true``); build
+    such roots with :meth:`simulation`.
     """
 
     intel: tuple[x509.Certificate, ...]
     amd: dict[str, x509.Certificate] = field(default_factory=dict)
-    simulation: bool = False
+    sim: bool = False
     #: SHA-256 fingerprints of the Intel anchors, concatenated: part of every cache key.
     intel_key: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
         key = b"".join(c.fingerprint(hashes.SHA256()) for c in self.intel)
-        object.__setattr__(self, "intel_key", key + (b"sim" if self.simulation else b""))
+        object.__setattr__(self, "intel_key", key + (b"sim" if self.sim else b""))
 
     @classmethod
     def default(cls) -> TrustRoots:
@@ -74,7 +91,7 @@ class TrustRoots:
     ) -> TrustRoots:
         """Private PKI or tests: these certificates replace every pinned root for the call."""
         amd = {f"custom-{i}": c for i, c in enumerate(certs)}
-        return cls(intel=tuple(certs), amd=amd, simulation=False)
+        return cls(intel=tuple(certs), amd=amd, sim=False)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrustRoots:
@@ -96,11 +113,64 @@ class TrustRoots:
             certs = (load_certificate(data, field=str(p)),)
         return cls.from_certificates(certs)
 
+    @classmethod
+    def simulation(cls, root: x509.Certificate | str | Path | None = None) -> TrustRoots:
+        """Trust nacre's simulation root (and nothing else): results carry ``sim: true``.
+
+        ``root``: the simulation root certificate, or a PEM/DER file holding it; by default the
+        root of the local simulated platform (``$NACRE_SIM_DIR`` or the user's data dir, see
+        :func:`default_sim_dir`). The certificate must be self-signed with the CN
+        ``nacre Simulation Root CA``: this cannot be used to trust an arbitrary private root.
+        """
+        if root is None:
+            root = default_sim_dir() / SIM_ROOT_CA_FILE
+            if not root.is_file():
+                raise UsageError(
+                    "no simulated platform on this machine",
+                    field="simulation root",
+                    expected=f"a root certificate at {root}",
+                    actual="missing",
+                    hint="create one with: nacre sim init (or set NACRE_SIM_DIR)",
+                )
+        if isinstance(root, x509.Certificate):
+            cert = root
+        else:
+            p = Path(root)
+            try:
+                data = p.read_bytes()
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot read the simulation root {p}: {exc.strerror}",
+                    field="simulation root",
+                    expected="a readable PEM or DER certificate",
+                    actual=str(p),
+                ) from exc
+            cert = load_certificate(data, field=str(p))
+        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        subject_cn = str(names[0].value) if names else ""
+        if subject_cn != SIM_ROOT_CA_CN or cert.issuer != cert.subject:
+            raise UsageError(
+                "this certificate is not a nacre simulation root",
+                field="simulation root subject CN",
+                expected=f"self-signed, CN={SIM_ROOT_CA_CN}",
+                actual=cert.subject.rfc4514_string() or "(empty subject)",
+                hint="use --trust-root FILE for a private PKI",
+            )
+        return cls(intel=(cert,), amd={}, sim=True)
+
     def amd_anchor_for(self, product: str | None) -> list[x509.Certificate]:
         """ARKs to try for an SNP chain of ``product`` (all of them when unknown or custom)."""
         if product is not None and product in self.amd:
             return [self.amd[product]]
         return list(self.amd.values())
+
+
+def default_sim_dir() -> Path:
+    """The local simulated platform's directory: ``$NACRE_SIM_DIR``, else ``<user data>/nacre/sim``."""
+    env = os.environ.get(SIM_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_data_dir("nacre")) / "sim"
 
 
 def _load_default() -> TrustRoots:

@@ -12,6 +12,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from nacre.collateral.trust import SIM_ROOT_CA_CN
 from nacre.errors import CollateralError, VerificationError
 from nacre.verify.cache import Window
 from nacre.verify.result import ChainLink
@@ -23,6 +24,7 @@ __all__ = [
     "check_time",
     "cn",
     "decoding",
+    "refuse_simulation",
     "verify_chain_to_anchor",
 ]
 
@@ -37,6 +39,34 @@ def cn(cert: x509.Certificate) -> str:
 def anchor_cn(cert: x509.Certificate) -> str:
     """Trust anchors are few and long-lived: their CN is computed once."""
     return cn(cert)
+
+
+def _is_sim_name(name: x509.Name) -> bool:
+    names = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return bool(names) and names[0].value == SIM_ROOT_CA_CN
+
+
+def refuse_simulation(name: x509.Name, anchors: Sequence[x509.Certificate], what: str) -> None:
+    """Raise SIMULATED_EVIDENCE when ``name`` (an untrusted issuer) is nacre's simulation root.
+
+    Called only where a chain or CRL fails to reach the trusted ``anchors``: simulated evidence
+    is genuine-looking by design, and the user deserves to hear why it is refused. When the
+    anchors are themselves a simulation root (another simulated platform's), the ordinary
+    "untrusted root" error applies instead.
+    """
+    if _is_sim_name(name) and not any(_is_sim_name(a.subject) for a in anchors):
+        raise VerificationError(
+            "the evidence comes from nacre's simulator (nacre sim), not from a TEE: "
+            "it is trusted only when you ask for it",
+            code="SIMULATED_EVIDENCE",
+            field=f"{what} issuer",
+            expected="a trusted root ("
+            + (" or ".join(anchor_cn(a) for a in anchors) or "none")
+            + ")",
+            actual=SIM_ROOT_CA_CN,
+            hint="to accept simulated evidence pass --trust-sim to nacre verify "
+            "(Python: trust=TrustRoots.simulation()); results then carry sim: true",
+        )
 
 
 @contextlib.contextmanager
@@ -135,6 +165,7 @@ def _verify_chain(
     else:
         anchor = next((a for a in anchors if _signed_by(top, a)), None)
     if anchor is None:
+        refuse_simulation(top.issuer, anchors, what)
         names = " or ".join(anchor_cn(a) for a in anchors) or "(no anchors)"
         if top.issuer == top.subject:
             raise VerificationError(
@@ -235,6 +266,7 @@ def check_crl(
     with decoding(what):
         valid = _crl_signed_by(crl, issuer.public_key())
         if not valid:
+            refuse_simulation(crl.issuer, (issuer,), what)
             other = crl.issuer != issuer.subject
             raise CollateralError(
                 f"{what} is issued by another CA" if other else f"{what} signature is invalid",

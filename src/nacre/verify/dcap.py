@@ -7,6 +7,7 @@ collateral first (cached by content, re-checked against ``now``), then the quote
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -99,6 +100,13 @@ def _raw_sig_ok(key: ec.EllipticCurvePublicKey, raw: bytes, data: bytes) -> bool
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _attestation_key(raw: bytes) -> ec.EllipticCurvePublicKey:
+    """The P-256 key from its raw x || y. A platform's attestation key repeats across its quotes,
+    so the decoded key object is memoised (a pure decoding; the signature is checked every call)."""
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
 
 
 def _ec_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
@@ -604,9 +612,7 @@ def _verify(
 
     # Step 8. The quote (header || body) is signed by the attestation key.
     try:
-        att_key = ec.EllipticCurvePublicKey.from_encoded_point(
-            ec.SECP256R1(), b"\x04" + sig.attestation_key
-        )
+        att_key = _attestation_key(sig.attestation_key)
     except ValueError:
         raise _fail(
             "QUOTE_SIGNATURE_INVALID",
@@ -682,7 +688,7 @@ def _verify(
         advisory_ids=final.advisory_ids,
         claims=_claims(quote, pck),
         verified_at=now,
-        sim=trust.simulation,
+        sim=trust.sim,
         checks=tuple(checks),
         chain=pck.links,
         collateral=items,

@@ -608,7 +608,7 @@ def _verify(
         advisory_ids=(),
         claims=_claims(parsed, coll, reported, product),
         verified_at=now,
-        sim=trust.simulation,
+        sim=trust.sim,
         checks=tuple(checks),
         chain=chain.links,
         collateral=chain.collateral,

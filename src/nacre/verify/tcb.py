@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import ge
 from typing import Final, NamedTuple
 
 from nacre.collateral.qe_identity import EnclaveIdentity
@@ -38,8 +39,9 @@ def _tdx_components_ok(level: TcbLevel, tee_tcb_svn: bytes) -> bool:
     assert level.tdx_components is not None
     # Intel QVL: with a TDX module version (TEE_TCB_SVN[1]) > 0, the module's SVNs are judged by
     # the TDX module identities, so components 0 and 1 are not compared here.
-    start = 2 if tee_tcb_svn[1] > 0 else 0
-    return all(tee_tcb_svn[i] >= level.tdx_components[i] for i in range(start, 16))
+    if tee_tcb_svn[1] > 0:
+        return all(map(ge, tee_tcb_svn[2:], level.tdx_components[2:]))
+    return all(map(ge, tee_tcb_svn, level.tdx_components))
 
 
 def match_platform_level(
@@ -49,10 +51,10 @@ def match_platform_level(
     td_report: TdReport10 | None,
 ) -> TcbLevel:
     """The first level (Intel lists them highest first) the platform is at or above."""
+    if len(cpu_svn_components) != 16:
+        raise _not_supported("platform TCB", "16 SGX TCB components", str(len(cpu_svn_components)))
     for level in tcb_info.levels:
-        if any(c < need for c, need in zip(cpu_svn_components, level.sgx_components, strict=True)):
-            continue
-        if pce_svn < level.pce_svn:
+        if pce_svn < level.pce_svn or not all(map(ge, cpu_svn_components, level.sgx_components)):
             continue
         if td_report is not None and not _tdx_components_ok(level, td_report.tee_tcb_svn):
             continue
