@@ -8,6 +8,7 @@ releases that still load them, and ``tests/test_certs.py`` fails the day a relea
 
 from __future__ import annotations
 
+import base64
 import warnings
 
 from cryptography import x509
@@ -28,7 +29,7 @@ def _touch(cert: x509.Certificate) -> x509.Certificate:
     return cert
 
 
-__all__ = ["load_certificate", "load_crl", "load_pem_chain"]
+__all__ = ["crl_der", "load_certificate", "load_crl", "load_pem_chain"]
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
@@ -134,8 +135,8 @@ def load_pem_chain(data: bytes, *, field: str, eager: bool = True) -> tuple[x509
     return tuple(certs)
 
 
-def load_crl(data: bytes, *, field: str) -> x509.CertificateRevocationList:
-    """A CRL in DER or PEM (PCCS serves both; some serve DER as hex text)."""
+def crl_der(data: bytes, *, field: str) -> bytes:
+    """A CRL as DER, from DER, PEM or hex text (PCCS serves all three)."""
     if len(data) > MAX_CRL_BYTES:
         raise LimitExceededError(
             f"{field} is too large",
@@ -144,20 +145,34 @@ def load_crl(data: bytes, *, field: str) -> x509.CertificateRevocationList:
             actual=f"{len(data)} bytes",
         )
     stripped = data.strip()
+    if stripped.startswith(b"-----BEGIN X509 CRL-----"):
+        body = stripped.split(b"-----", 4)
+        try:
+            return base64.b64decode(b"".join(body[2].split()), validate=True)
+        except (IndexError, ValueError) as exc:
+            raise _crl_error(field, "valid PEM", str(exc)) from exc
+    if stripped and all(c in b"0123456789abcdefABCDEF" for c in stripped[:64]):
+        try:
+            return bytes.fromhex(stripped.decode("ascii"))
+        except ValueError:
+            pass
+    return data
+
+
+def _crl_error(field: str, expected: str, actual: str) -> CollateralError:
+    return CollateralError(
+        f"{field} is not a CRL",
+        code="CRL_INVALID",
+        field=field,
+        expected=expected,
+        actual=actual,
+    )
+
+
+def load_crl(data: bytes, *, field: str) -> x509.CertificateRevocationList:
+    """A CRL in DER, PEM or hex text."""
+    der = crl_der(data, field=field)
     try:
-        if stripped.startswith(b"-----BEGIN X509 CRL-----"):
-            return x509.load_pem_x509_crl(stripped)
-        if stripped and all(c in b"0123456789abcdefABCDEF" for c in stripped[:64]):
-            try:
-                return x509.load_der_x509_crl(bytes.fromhex(stripped.decode("ascii")))
-            except _LOAD_ERRORS:
-                pass
-        return x509.load_der_x509_crl(data)
+        return x509.load_der_x509_crl(der)
     except _LOAD_ERRORS as exc:
-        raise CollateralError(
-            f"{field} is not a CRL",
-            code="CRL_INVALID",
-            field=field,
-            expected="a DER or PEM X.509 CRL",
-            actual=str(exc),
-        ) from exc
+        raise _crl_error(field, "a DER or PEM X.509 CRL", str(exc)) from exc

@@ -13,12 +13,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from nacre.collateral.trust import SIM_ROOT_CA_CN
+from nacre.collateral.x509_der import cert_subject_der, crl_signed_parts
 from nacre.errors import CollateralError, VerificationError
 from nacre.verify.cache import Window
 from nacre.verify.result import ChainLink
 
 __all__ = [
     "anchor_cn",
+    "anchor_subject_der",
     "check_crl",
     "check_not_revoked",
     "check_time",
@@ -67,6 +69,12 @@ def refuse_simulation(name: x509.Name, anchors: Sequence[x509.Certificate], what
             hint="to accept simulated evidence pass --trust-sim to nacre verify "
             "(Python: trust=TrustRoots.simulation()); results then carry sim: true",
         )
+
+
+@functools.lru_cache(maxsize=64)
+def anchor_subject_der(cert: x509.Certificate) -> bytes:
+    """DER of a trust anchor's subject Name (to match a CRL's issuer without building Names)."""
+    return cert_subject_der(cert)
 
 
 @contextlib.contextmanager
@@ -238,14 +246,21 @@ def _undecodable(what: str, exc: Exception) -> CollateralError:
     )
 
 
-def _crl_signed_by(crl: x509.CertificateRevocationList, pub: object) -> bool:
+def _crl_signed_by(
+    crl: x509.CertificateRevocationList, pub: object, der: bytes | None, what: str
+) -> bool:
     if isinstance(pub, ec.EllipticCurvePublicKey):
-        # Direct ECDSA check over the TBS bytes: half the cost of is_signature_valid.
+        # Direct ECDSA check over the TBS bytes read from the DER (cryptography re-encodes them
+        # on every tbs_certlist_bytes access, which costs as much as the signature check).
         algorithm = crl.signature_hash_algorithm
         if algorithm is None:
             return False
+        if der is not None:
+            tbs, signature, _ = crl_signed_parts(der, what=what)
+        else:
+            tbs, signature = crl.tbs_certlist_bytes, crl.signature
         try:
-            pub.verify(crl.signature, crl.tbs_certlist_bytes, ec.ECDSA(algorithm))
+            pub.verify(signature, tbs, ec.ECDSA(algorithm))
         except InvalidSignature:
             return False
         return True
@@ -261,10 +276,14 @@ def check_crl(
     *,
     what: str,
     hint: str | None = None,
+    der: bytes | None = None,
 ) -> Window:
-    """The CRL is signed by ``issuer``'s key (which binds it to that CA) and current at ``now``."""
+    """The CRL is signed by ``issuer``'s key (which binds it to that CA) and current at ``now``.
+
+    ``der``, when given, is the CRL's DER (the signed bytes are read from it directly).
+    """
     with decoding(what):
-        valid = _crl_signed_by(crl, issuer.public_key())
+        valid = _crl_signed_by(crl, issuer.public_key(), der, what)
         if not valid:
             refuse_simulation(crl.issuer, (issuer,), what)
             other = crl.issuer != issuer.subject

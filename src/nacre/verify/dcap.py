@@ -20,17 +20,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from nacre.collateral.bundle import CollateralBundle
-from nacre.collateral.certs import load_crl, load_pem_chain
+from nacre.collateral.certs import crl_der, load_crl, load_pem_chain
 from nacre.collateral.pck import PckExtensions, ca_kind_from_cn, parse_pck_extensions
 from nacre.collateral.qe_identity import EnclaveIdentity, parse_qe_identity
 from nacre.collateral.tcb_info import TcbInfo, parse_tcb_info
 from nacre.collateral.trust import TrustRoots
+from nacre.collateral.x509_der import crl_signed_parts
 from nacre.errors import CollateralError, MalformedEvidenceError, VerificationError
 from nacre.evidence.dcap import INTEL_QE_VENDOR_ID, DcapQuote
 from nacre.evidence.sgx import EnclaveReportBody
 from nacre.evidence.tdx import TdReport10, TdReport15
 from nacre.verify.cache import VerifyCache, Window, default_cache
 from nacre.verify.chain import (
+    anchor_subject_der,
     check_crl,
     check_not_revoked,
     check_time,
@@ -182,10 +184,17 @@ class _Collateral:
         raw = _need(self.bundle, "root_ca_crl.der")
 
         def compute() -> tuple[_RootCrl, tuple[Window, ...]]:
-            crl = load_crl(raw, field="root_ca_crl.der")
-            with decoding("root_ca_crl.der"):
-                match = [a for a in self.anchors if a.subject == crl.issuer] or list(self.anchors)
-            window = check_crl(crl, match[0], self.now, what="Intel SGX Root CA CRL")
+            der = crl_der(raw, field="root_ca_crl.der")
+            crl = load_crl(der, field="root_ca_crl.der")
+            issuer = crl_signed_parts(der, what="root_ca_crl.der")[2]
+            match = [a for a in self.anchors if anchor_subject_der(a) == issuer]
+            window = check_crl(
+                crl,
+                (match or list(self.anchors))[0],
+                self.now,
+                what="Intel SGX Root CA CRL",
+                der=der,
+            )
             return _RootCrl(crl, window), (window,)
 
         key = ("rootcrl", self.akey, self.bundle.digests["root_ca_crl.der"])
@@ -216,7 +225,8 @@ class _Collateral:
                 check_not_revoked(
                     ca_or_intermediate, root.crl, what="PCK CA certificate", code="PCK_REVOKED"
                 )
-            crl = load_crl(raw_crl, field="pck_crl.der")
+            der = crl_der(raw_crl, field="pck_crl.der")
+            crl = load_crl(der, field="pck_crl.der")
             with decoding("PCK certificate"):
                 ca = ca_kind_from_cn(links[1].subject)
                 crl_window = check_crl(
@@ -224,6 +234,7 @@ class _Collateral:
                     ca_cert,
                     self.now,
                     what="PCK CRL",
+                    der=der,
                     hint=f"the PCK certificate was issued by the {ca} CA: fetch the PCK CRL "
                     f"with ca={ca} (nacre collateral fetch EVIDENCE)",
                 )
