@@ -22,6 +22,7 @@ __all__ = [
     "Tlv",
     "decode_int",
     "decode_oid",
+    "header",
     "oid_der",
     "oid_pairs",
     "read_all",
@@ -130,7 +131,7 @@ def oid_der(dotted: str) -> bytes:
     return bytes(out)
 
 
-def _header(data: bytes, pos: int, limit: int) -> tuple[int, int, int]:
+def header(data: bytes, pos: int, limit: int) -> tuple[int, int, int]:
     """(tag, value start, value end) of the TLV at ``pos``, within ``limit``."""
     if pos + 2 > limit:
         raise _bad("DER header", "tag and length", f"{limit - pos} bytes")
@@ -158,11 +159,11 @@ def oid_pairs(content: bytes) -> dict[bytes, Tlv]:
     out: dict[bytes, Tlv] = {}
     pos, limit = 0, len(content)
     while pos < limit:
-        tag, start, end = _header(content, pos, limit)
+        tag, start, end = header(content, pos, limit)
         if tag != TAG_SEQUENCE:
             raise _bad("DER (OID, value) pair", "SEQUENCE", f"tag {tag:#x}")
-        otag, ostart, oend = _header(content, start, end)
-        vtag, vstart, vend = _header(content, oend, end)
+        otag, ostart, oend = header(content, start, end)
+        vtag, vstart, vend = header(content, oend, end)
         if otag != TAG_OID or vend != end:
             raise _bad("DER (OID, value) pair", "exactly OID then one value", f"tag {otag:#x}")
         oid = content[ostart:oend]

@@ -57,22 +57,34 @@ def cert_subject_der(cert: x509.Certificate, *, what: str = "certificate") -> by
 
 
 def crl_signed_parts(data: bytes, *, what: str = "CRL") -> tuple[bytes, bytes, bytes]:
-    """(the exact TBSCertList bytes, the signature, the issuer Name DER) of a DER CRL."""
+    """(the exact TBSCertList bytes, the signature, the issuer Name DER) of a DER CRL.
+
+    Slices by offsets (no re-encoding): CertificateList ::= SEQUENCE { tbsCertList,
+    signatureAlgorithm, signatureValue BIT STRING }; TBSCertList ::= SEQUENCE { version INTEGER
+    OPTIONAL, signature AlgorithmIdentifier, issuer Name, ... }.
+    """
+    header = der.header
     try:
-        outer, _ = der.read_one(data)
-        if outer.tag != der.TAG_SEQUENCE:
-            raise _bad(what, f"tag {outer.tag:#x}")
-        body = outer.value
-        tbs, after = der.read_one(body)
-        _alg, after = der.read_one(body, after)
-        sig, _ = der.read_one(body, after)
-        if sig.tag != _TAG_BIT_STRING or not sig.value or sig.value[0] != 0:
+        tag, start, end = header(data, 0, len(data))
+        if tag != der.TAG_SEQUENCE:
+            raise _bad(what, f"tag {tag:#x}")
+        tbs_at = start
+        tag, tbs_start, tbs_end = header(data, tbs_at, end)
+        if tag != der.TAG_SEQUENCE:
+            raise _bad(what, "TBSCertList is not a SEQUENCE")
+        _, _, alg_end = header(data, tbs_end, end)
+        tag, sig_start, sig_end = header(data, alg_end, end)
+        if tag != _TAG_BIT_STRING or sig_start == sig_end or data[sig_start] != 0:
             raise _bad(what, "signature is not a BIT STRING")
-        fields = der.read_all(tbs.value)
-        i = 1 if fields and fields[0].tag == der.TAG_INTEGER else 0
-        return _encode(tbs), sig.value[1:], _encode(fields[i + 1])
-    except IndexError:
-        raise _bad(what, "too few TBSCertList fields") from None
+        pos = tbs_start
+        tag, _, field_end = header(data, pos, tbs_end)
+        if tag == der.TAG_INTEGER:  # version
+            pos = field_end
+        _, _, pos = header(data, pos, tbs_end)  # signature AlgorithmIdentifier
+        tag, _, issuer_end = header(data, pos, tbs_end)
+        if tag != der.TAG_SEQUENCE:
+            raise _bad(what, "issuer is not a Name")
+        return data[tbs_at:tbs_end], data[sig_start + 1 : sig_end], data[pos:issuer_end]
     except CollateralError as exc:
         if exc.code == "CERT_CHAIN_INVALID":
             raise
