@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from nacre.cli.audit_cmd import audit_app
 from nacre.cli.collateral_cmd import collateral_app
 from nacre.cli.node_cmd import node_app
+from nacre.cli.policy_cmd import policy_app
 from nacre.cli.sim_cmd import sim_app
 from nacre.cli.verify_cmd import verify_command
 
@@ -29,6 +31,8 @@ def _root() -> None:
 app.add_typer(collateral_app, name="collateral", help="Fetch, cache and serve collateral.")
 app.add_typer(sim_app, name="sim", help="A simulated SGX/TDX platform (real quote bytes).")
 app.add_typer(node_app, name="node")
+app.add_typer(audit_app, name="audit", help="Check the hash-chained audit log.")
+app.add_typer(policy_app, name="policy")
 
 
 def main() -> None:

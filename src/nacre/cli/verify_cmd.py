@@ -10,16 +10,19 @@ from typing import Annotated, Any
 
 import typer
 
+from nacre.appraisal import AppraisalResult, Policy, appraise, load_policy
 from nacre.appraisal.baseline import BaselinePolicy, appraise_baseline
 from nacre.cli.collateral_cmd import sim_trust
+from nacre.cli.policy_cmd import appraisal_error, render_appraisal
 from nacre.cli.render import render_rejection, render_result, render_usage_error
 from nacre.collateral.bundle import CollateralBundle
 from nacre.collateral.trust import TrustRoots
 from nacre.errors import NacreError, PolicyViolationError, UsageError, VerificationError
 from nacre.evidence import detect_kind, parse_evidence
 from nacre.verify import verify
+from nacre.verify.result import VerifiedEvidence
 
-__all__ = ["verify_command"]
+__all__ = ["read_evidence", "verify_command", "verify_offline"]
 
 
 def _parse_time(text: str | None) -> datetime:
@@ -51,6 +54,40 @@ def _evidence_facts(data: bytes) -> tuple[str | None, int | None]:
     return "snp", int(getattr(ev, "version", 0))
 
 
+def read_evidence(evidence: Path) -> bytes:
+    try:
+        return evidence.read_bytes()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read evidence {evidence}: {exc.strerror}", field="EVIDENCE"
+        ) from exc
+
+
+def verify_offline(
+    data: bytes,
+    evidence: Path,
+    collateral: Path | None,
+    at: str | None,
+    trust_root: Path | None,
+    trust_sim: bool,
+    sim_dir: Path | None,
+) -> VerifiedEvidence:
+    """Verify ``data`` against a collateral directory (no appraisal); raise on rejection."""
+    if trust_sim and trust_root is not None:
+        raise UsageError(
+            "--trust-sim and --trust-root both name the roots to trust",
+            field="--trust-sim",
+            expected="one of --trust-sim, --trust-root",
+            actual="both",
+        )
+    bundle = CollateralBundle.from_dir(collateral or evidence.parent)
+    trust = TrustRoots.from_file(trust_root) if trust_root else None
+    if trust_sim:
+        trust = sim_trust(sim_dir, bundle.get("sim_root_ca.pem"))
+    now = _parse_time(at)
+    return verify(data, collateral=bundle, now=now, trust=trust)
+
+
 def _json_out(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
@@ -80,7 +117,10 @@ def verify_command(
         Path | None,
         typer.Option("--sim-dir", help="Simulated platform whose root --trust-sim trusts."),
     ] = None,
-    policy: Annotated[Path | None, typer.Option(help="Appraisal policy file.")] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="Appraisal policy (YAML/JSON); replaces the baseline policy."),
+    ] = None,
     allow_debug: Annotated[
         bool, typer.Option("--allow-debug", help="UNSAFE: accept debug enclaves/TDs/guests.")
     ] = False,
@@ -99,42 +139,47 @@ def verify_command(
     """Verify TEE evidence against collateral and the baseline policy."""
     tee: str | None = None
     version: int | None = None
+    appraisal: AppraisalResult | None = None
     try:
-        if trust_sim and trust_root is not None:
-            raise UsageError(
-                "--trust-sim and --trust-root both name the roots to trust",
-                field="--trust-sim",
-                expected="one of --trust-sim, --trust-root",
-                actual="both",
-            )
+        loaded_policy: Policy | None = None
         if policy is not None:
-            raise UsageError(
-                "--policy: appraisal policy files are not supported yet; the baseline policy applies",
-                field="--policy",
-                hint="drop --policy; the baseline policy (no debug, no revoked TCB) is applied",
-            )
-        try:
-            data = evidence.read_bytes()
-        except OSError as exc:
-            raise UsageError(
-                f"cannot read evidence {evidence}: {exc.strerror}", field="EVIDENCE"
-            ) from exc
+            flags = [
+                name
+                for name, on in (
+                    ("--allow-debug", allow_debug),
+                    ("--unsafe-allow-sept-ve", unsafe_allow_sept_ve),
+                    ("--allow-service-td", allow_service_td),
+                    ("--unsafe-allow-revoked-tcb", unsafe_allow_revoked_tcb),
+                )
+                if on
+            ]
+            if flags:
+                raise UsageError(
+                    f"{', '.join(flags)} and --policy: with a policy file, the policy decides",
+                    field=flags[0],
+                    expected="either --policy or the baseline escape hatches",
+                    actual="both",
+                    hint="write allow_debug / tdx.unsafe_allow_sept_ve / tdx.allow_service_td "
+                    "into the policy instead",
+                )
+            loaded_policy = load_policy(policy)
+        data = read_evidence(evidence)
         tee, version = _evidence_facts(data)
-        bundle = CollateralBundle.from_dir(collateral or evidence.parent)
-        trust = TrustRoots.from_file(trust_root) if trust_root else None
-        if trust_sim:
-            trust = sim_trust(sim_dir, bundle.get("sim_root_ca.pem"))
-        now = _parse_time(at)
-        result = verify(data, collateral=bundle, now=now, trust=trust)
-        appraise_baseline(
-            result,
-            BaselinePolicy(
-                allow_debug=allow_debug,
-                unsafe_allow_sept_ve=unsafe_allow_sept_ve,
-                allow_service_td=allow_service_td,
-                unsafe_allow_revoked_tcb=unsafe_allow_revoked_tcb,
-            ),
-        )
+        result = verify_offline(data, evidence, collateral, at, trust_root, trust_sim, sim_dir)
+        if loaded_policy is not None:
+            # The policy replaces the baseline: it carries the same checks (debug, TD attributes,
+            # SEPT_VE_DISABLE, service TD, never a Revoked TCB) with its own escape hatches.
+            appraisal = appraise(result, loaded_policy)
+        else:
+            appraise_baseline(
+                result,
+                BaselinePolicy(
+                    allow_debug=allow_debug,
+                    unsafe_allow_sept_ve=unsafe_allow_sept_ve,
+                    allow_service_td=allow_service_td,
+                    unsafe_allow_revoked_tcb=unsafe_allow_revoked_tcb,
+                ),
+            )
     except VerificationError as exc:
         verified = exc.verified if isinstance(exc, PolicyViolationError) else None
         if as_json:
@@ -148,6 +193,7 @@ def verify_command(
                     "claims": dict(verified.claims) if verified else {},
                     "sim": verified.sim if verified else False,
                     "error": exc.to_dict(),
+                    **({"appraisal": None} if policy is not None else {}),
                 }
             )
         else:
@@ -159,6 +205,22 @@ def verify_command(
         else:
             render_usage_error(exc)
         raise typer.Exit(2) from None
+    if appraisal is not None:
+        if as_json:
+            _json_out(
+                {
+                    "verdict": "ok" if appraisal.passed else "rejected",
+                    **result.to_dict(),
+                    "error": appraisal_error(appraisal),
+                    "appraisal": appraisal.to_dict(),
+                }
+            )
+        else:
+            render_result(result)
+            render_appraisal(result, appraisal)
+        if not appraisal.passed:
+            raise typer.Exit(1)
+        return
     if as_json:
         _json_out({"verdict": "ok", **result.to_dict(), "error": None})
     else:

@@ -1,0 +1,1208 @@
+"""The :class:`Store`: resources, policies, keys, sessions and nonces, audit — one transaction per call.
+
+Every method that changes data commits before it returns (an acknowledged write is durable: see
+``nacre.store._engine`` for SQLite's settings), records its audit entry in the same transaction,
+and checks its input before it opens one, so bad input never reaches the database.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, cast
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError
+
+from nacre.errors import LimitExceededError, UsageError
+from nacre.store import _schema as t
+from nacre.store._engine import (
+    READ_ONLY,
+    SCHEMA_HEAD,
+    current_revision,
+    make_engine,
+    sqlite_path,
+    upgrade_head,
+)
+from nacre.store.audit import AuditEntry, append_entry, iter_entries
+from nacre.store.envelope import (
+    Envelope,
+    KekRing,
+    KekSealer,
+    SealPolicyName,
+    envelope_aad,
+    open_envelope,
+    rewrap,
+    seal_envelope,
+)
+from nacre.store.errors import ConflictError, LifecycleError, NonceError, NotFoundError
+from nacre.store.models import (
+    KeyInfo,
+    KeyState,
+    KeyType,
+    KeyVersionInfo,
+    KeyVersionState,
+    Policy,
+    PolicyKind,
+    Resource,
+    ResourceInfo,
+    ResourceName,
+    Session,
+    SessionState,
+)
+
+__all__ = [
+    "DELETION_WAIT_MAX_DAYS",
+    "DELETION_WAIT_MIN_DAYS",
+    "MAX_KEY_MATERIAL_BYTES",
+    "MAX_POLICY_BYTES",
+    "MAX_RESOURCE_BYTES",
+    "MAX_SESSION_FIELD_BYTES",
+    "Store",
+    "SweepResult",
+    "default_url",
+    "open_store",
+]
+
+#: Largest secret a resource version may hold.
+MAX_RESOURCE_BYTES: Final = 1024 * 1024
+#: Largest policy document.
+MAX_POLICY_BYTES: Final = 256 * 1024
+#: Largest key material (RSA-3072 PKCS#8 DER is ~1.8 KiB).
+MAX_KEY_MATERIAL_BYTES: Final = 16 * 1024
+#: Waiting period bounds for scheduled key deletion (as cloud KMSes do).
+DELETION_WAIT_MIN_DAYS: Final = 7
+DELETION_WAIT_MAX_DAYS: Final = 30
+#: Largest attested TEE public key (JWK) or token kept with a session.
+MAX_SESSION_FIELD_BYTES: Final = 64 * 1024
+#: Longest session a caller may ask for.
+MAX_SESSION_TTL: Final = timedelta(hours=24)
+
+_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_NONCE: Final = re.compile(r"[A-Za-z0-9_\-+/=]{16,128}")
+_TRANSITIONS: Final[dict[str, frozenset[str]]] = {
+    "enabled": frozenset({"disabled", "pending_deletion"}),
+    "disabled": frozenset({"enabled", "pending_deletion"}),
+    "pending_deletion": frozenset({"disabled", "destroyed"}),
+    "destroyed": frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    sessions: int
+    nonces: int
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise UsageError("times are timezone-aware", field="now", expected="aware", actual=now)
+    return now
+
+
+def _check_id(field: str, value: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise UsageError(
+            f"invalid {field}",
+            field=field,
+            expected="1-128 characters of [A-Za-z0-9._:-], starting alphanumeric",
+            actual=repr(value)[:200],
+        )
+    return value
+
+
+def _check_size(field: str, data: bytes, limit: int) -> bytes:
+    if not isinstance(data, bytes | bytearray):
+        raise UsageError(
+            f"{field} is bytes", field=field, expected="bytes", actual=type(data).__name__
+        )
+    if len(data) > limit:
+        raise LimitExceededError(
+            f"{field} is too large",
+            field=field,
+            expected=f"<= {limit} bytes",
+            actual=f"{len(data)} bytes",
+        )
+    return bytes(data)
+
+
+def _check_actor(actor: str) -> str:
+    if not isinstance(actor, str) or not 1 <= len(actor) <= 256:
+        raise UsageError("invalid actor", field="actor", expected="1-256 characters", actual=actor)
+    return actor
+
+
+def _policy(row: Row[Any]) -> Policy:
+    return Policy(
+        id=str(row.id),
+        kind=cast(PolicyKind, row.kind),
+        document=str(row.document),
+        version=int(row.version),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _resource_info(row: Row[Any]) -> ResourceInfo:
+    return ResourceInfo(
+        name=ResourceName(str(row.repo), str(row.type), str(row.tag)),
+        policy_id=None if row.policy_id is None else str(row.policy_id),
+        current_version=int(row.current_version),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _key_info(row: Row[Any]) -> KeyInfo:
+    return KeyInfo(
+        id=str(row.id),
+        type=cast(KeyType, row.type),
+        state=cast(KeyState, row.state),
+        current_version=int(row.current_version),
+        exportable=bool(row.exportable),
+        policy_id=None if row.policy_id is None else str(row.policy_id),
+        deletion_date=row.deletion_date,
+        rotation_period_s=None if row.rotation_period_s is None else int(row.rotation_period_s),
+        next_rotation_at=row.next_rotation_at,
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _key_version(row: Row[Any]) -> KeyVersionInfo:
+    return KeyVersionInfo(
+        key_id=str(row.key_id),
+        version=int(row.version),
+        state=cast(KeyVersionState, row.state),
+        public_key=None if row.public_key is None else bytes(row.public_key),
+        created_at=row.created_at,
+    )
+
+
+def _session(row: Row[Any], nonce: str) -> Session:
+    return Session(
+        id=str(row.id),
+        nonce=nonce,
+        tee=str(row.tee),
+        state=cast(SessionState, row.state),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        tee_pubkey=None if row.tee_pubkey is None else str(row.tee_pubkey),
+        token=None if row.token is None else str(row.token),
+    )
+
+
+def _envelope(row: Row[Any]) -> Envelope:
+    return Envelope(
+        ciphertext=bytes(row.ciphertext),
+        wrapped_key=bytes(row.wrapped_key),
+        kek_id=str(row.kek_id),
+        nonce=bytes(row.nonce),
+        aad=bytes(row.aad),
+    )
+
+
+def _envelope_values(env: Envelope) -> dict[str, Any]:
+    return {
+        "ciphertext": env.ciphertext,
+        "wrapped_key": env.wrapped_key,
+        "kek_id": env.kek_id,
+        "nonce": env.nonce,
+        "aad": env.aad,
+    }
+
+
+class Store:
+    """Repositories over one database. Thread-safe (one engine, a connection per call)."""
+
+    def __init__(self, engine: Engine, ring: KekRing | None) -> None:
+        self._engine = engine
+        self._ring = ring
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def kek_ring(self) -> KekRing:
+        if self._ring is None:
+            raise UsageError(
+                "this store was opened without a KEK sealer: it cannot read or write secrets",
+                field="sealer",
+                expected="open_store(url, sealer=..., data_dir=...)",
+                actual="None",
+            )
+        return self._ring
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """A write transaction, committed on exit. A constraint the checks before it missed (a
+        concurrent insert of the same name on PostgreSQL) becomes a :class:`ConflictError`."""
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except IntegrityError as exc:
+            raise ConflictError(
+                "another writer changed the same row first, or a constraint refused the write",
+                field="row",
+                expected="a write consistent with the stored data",
+                actual=str(exc.orig).splitlines()[0] if exc.orig is not None else "integrity error",
+                hint="retry the operation",
+            ) from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only snapshot (on SQLite a deferred transaction that never waits for writers)."""
+        with self._engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+            yield conn
+            conn.rollback()
+
+    # -- audit -------------------------------------------------------------------------------
+
+    def record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str,
+        outcome: str,
+        detail: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> AuditEntry:
+        """Append an audit entry on its own (a release, a denial ...). Never pass secrets."""
+        _check_actor(actor)
+        with self._tx() as conn:
+            return append_entry(
+                conn,
+                actor=actor,
+                action=action,
+                target=target,
+                outcome=outcome,
+                detail=detail or {},
+                now=_now(now),
+            )
+
+    def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
+        out: list[AuditEntry] = []
+        with self._read() as conn:
+            for entry in iter_entries(conn, after=after):
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(entry)
+        return out
+
+    # -- policies ----------------------------------------------------------------------------
+
+    def set_policy(
+        self,
+        policy_id: str,
+        kind: PolicyKind,
+        document: str,
+        *,
+        actor: str,
+        now: datetime | None = None,
+    ) -> Policy:
+        """Create a policy or replace its document (the version goes up by one)."""
+        _check_id("policy id", policy_id)
+        _check_actor(actor)
+        if kind not in t.POLICY_KINDS:
+            raise UsageError(
+                "unknown policy kind", field="kind", expected="resource or appraisal", actual=kind
+            )
+        if not isinstance(document, str):
+            raise UsageError(
+                "a policy document is text", field="document", expected="str", actual=type(document)
+            )
+        _check_size("policy document", document.encode("utf-8"), MAX_POLICY_BYTES)
+        at = _now(now)
+        with self._tx() as conn:
+            row = conn.execute(
+                select(t.policies).where(t.policies.c.id == policy_id).with_for_update()
+            ).one_or_none()
+            if row is None:
+                version = 1
+                conn.execute(
+                    t.policies.insert().values(
+                        id=policy_id,
+                        kind=kind,
+                        document=document,
+                        version=1,
+                        created_at=at,
+                        updated_at=at,
+                    )
+                )
+            else:
+                if row.kind != kind:
+                    raise ConflictError(
+                        "a policy id is bound to one kind",
+                        field="kind",
+                        expected=row.kind,
+                        actual=kind,
+                    )
+                version = int(row.version) + 1
+                conn.execute(
+                    update(t.policies)
+                    .where(t.policies.c.id == policy_id)
+                    .values(document=document, version=version, updated_at=at)
+                )
+            append_entry(
+                conn,
+                actor=actor,
+                action="policy.set",
+                target=policy_id,
+                outcome="ok",
+                detail={"kind": kind, "version": version},
+                now=at,
+            )
+            stored = conn.execute(select(t.policies).where(t.policies.c.id == policy_id)).one()
+            return _policy(stored)
+
+    def get_policy(self, policy_id: str) -> Policy:
+        _check_id("policy id", policy_id)
+        with self._read() as conn:
+            row = conn.execute(select(t.policies).where(t.policies.c.id == policy_id)).one_or_none()
+        if row is None:
+            raise NotFoundError(
+                "no such policy", field="policy id", expected="an existing policy", actual=policy_id
+            )
+        return _policy(row)
+
+    def list_policies(self, kind: PolicyKind | None = None) -> list[Policy]:
+        query = select(t.policies).order_by(t.policies.c.id)
+        if kind is not None:
+            query = query.where(t.policies.c.kind == kind)
+        with self._read() as conn:
+            return [_policy(r) for r in conn.execute(query).all()]
+
+    def _require_policy(self, conn: Connection, policy_id: str | None, kind: PolicyKind) -> None:
+        if policy_id is None:
+            return
+        _check_id("policy id", policy_id)
+        found = conn.execute(
+            select(t.policies.c.kind).where(t.policies.c.id == policy_id)
+        ).scalar_one_or_none()
+        if found is None:
+            raise NotFoundError(
+                "no such policy", field="policy_id", expected="an existing policy", actual=policy_id
+            )
+        if found != kind:
+            raise UsageError(
+                f"policy {policy_id} is a {found} policy",
+                field="policy_id",
+                expected=f"a {kind} policy",
+                actual=found,
+            )
+
+    # -- resources ---------------------------------------------------------------------------
+
+    def put_resource(
+        self,
+        name: str | ResourceName,
+        data: bytes,
+        *,
+        policy_id: str | None = None,
+        actor: str,
+        now: datetime | None = None,
+    ) -> ResourceInfo:
+        """Store a new version of a resource (older versions are kept). ``policy_id`` None: no
+        release policy beyond an affirming attestation."""
+        rname = name if isinstance(name, ResourceName) else ResourceName.parse(name)
+        plaintext = _check_size("resource data", data, MAX_RESOURCE_BYTES)
+        _check_actor(actor)
+        ring = self.kek_ring
+        at = _now(now)
+        r = t.resources
+        with self._tx() as conn:
+            self._require_policy(conn, policy_id, "resource")
+            row = conn.execute(
+                select(r)
+                .where(r.c.repo == rname.repo, r.c.type == rname.type, r.c.tag == rname.tag)
+                .with_for_update()
+            ).one_or_none()
+            if row is None:
+                version = 1
+                resource_id = conn.execute(
+                    r.insert()
+                    .values(
+                        repo=rname.repo,
+                        type=rname.type,
+                        tag=rname.tag,
+                        policy_id=policy_id,
+                        current_version=1,
+                        deleted=False,
+                        created_at=at,
+                        updated_at=at,
+                    )
+                    .returning(r.c.id)
+                ).scalar_one()
+            else:
+                resource_id = row.id
+                version = int(row.current_version) + 1
+                conn.execute(
+                    update(r)
+                    .where(r.c.id == resource_id)
+                    .values(
+                        current_version=version, policy_id=policy_id, deleted=False, updated_at=at
+                    )
+                )
+            env = seal_envelope(
+                ring, plaintext, envelope_aad("resource_versions", str(rname), version)
+            )
+            conn.execute(
+                t.resource_versions.insert().values(
+                    resource_id=resource_id, version=version, created_at=at, **_envelope_values(env)
+                )
+            )
+            append_entry(
+                conn,
+                actor=actor,
+                action="resource.put",
+                target=str(rname),
+                outcome="ok",
+                detail={"version": version, "bytes": len(plaintext), "policy_id": policy_id},
+                now=at,
+            )
+            return _resource_info(conn.execute(select(r).where(r.c.id == resource_id)).one())
+
+    def _resource_row(self, conn: Connection, rname: ResourceName) -> Row[Any]:
+        r = t.resources
+        row = conn.execute(
+            select(r).where(
+                r.c.repo == rname.repo, r.c.type == rname.type, r.c.tag == rname.tag, ~r.c.deleted
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFoundError(
+                "no such resource", field="name", expected="an existing resource", actual=str(rname)
+            )
+        return row
+
+    def get_resource_info(self, name: str | ResourceName) -> ResourceInfo:
+        rname = name if isinstance(name, ResourceName) else ResourceName.parse(name)
+        with self._read() as conn:
+            return _resource_info(self._resource_row(conn, rname))
+
+    def get_resource(self, name: str | ResourceName, *, version: int | None = None) -> Resource:
+        """The plaintext of a resource's current (or given) version."""
+        rname = name if isinstance(name, ResourceName) else ResourceName.parse(name)
+        ring = self.kek_ring
+        rv = t.resource_versions
+        with self._read() as conn:
+            row = self._resource_row(conn, rname)
+            want = int(row.current_version) if version is None else version
+            vrow = conn.execute(
+                select(rv).where(rv.c.resource_id == row.id, rv.c.version == want)
+            ).one_or_none()
+        if vrow is None:
+            raise NotFoundError(
+                "no such resource version",
+                field="version",
+                expected=f"1..{row.current_version}",
+                actual=want,
+            )
+        data = open_envelope(
+            ring, _envelope(vrow), envelope_aad("resource_versions", str(rname), want)
+        )
+        return Resource(info=_resource_info(row), version=want, data=data)
+
+    def list_resources(self) -> list[ResourceInfo]:
+        r = t.resources
+        query = select(r).where(~r.c.deleted).order_by(r.c.repo, r.c.type, r.c.tag)
+        with self._read() as conn:
+            return [_resource_info(row) for row in conn.execute(query).all()]
+
+    def delete_resource(
+        self, name: str | ResourceName, *, actor: str, now: datetime | None = None
+    ) -> None:
+        """Hide a resource from get/list (its encrypted versions are kept; a later put revives it
+        with the next version number)."""
+        rname = name if isinstance(name, ResourceName) else ResourceName.parse(name)
+        _check_actor(actor)
+        at = _now(now)
+        with self._tx() as conn:
+            row = self._resource_row(conn, rname)
+            conn.execute(
+                update(t.resources)
+                .where(t.resources.c.id == row.id)
+                .values(deleted=True, updated_at=at)
+            )
+            append_entry(
+                conn,
+                actor=actor,
+                action="resource.delete",
+                target=str(rname),
+                outcome="ok",
+                detail={"version": int(row.current_version)},
+                now=at,
+            )
+
+    # -- keys (KMS) --------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        key_id: str,
+        key_type: KeyType,
+        material: bytes,
+        *,
+        public_key: bytes | None = None,
+        exportable: bool = False,
+        policy_id: str | None = None,
+        rotation_period: timedelta | None = None,
+        expires_at: datetime | None = None,
+        actor: str,
+        now: datetime | None = None,
+    ) -> KeyInfo:
+        """Store a new key (version 1, enabled). ``material`` is envelope-encrypted at once."""
+        _check_id("key id", key_id)
+        if key_type not in t.KEY_TYPES:
+            raise UsageError(
+                "unknown key type", field="type", expected=", ".join(t.KEY_TYPES), actual=key_type
+            )
+        secret = _check_size("key material", material, MAX_KEY_MATERIAL_BYTES)
+        if public_key is not None:
+            _check_size("public key", public_key, MAX_KEY_MATERIAL_BYTES)
+        _check_actor(actor)
+        period = self._period(rotation_period)
+        at = _now(now)
+        if expires_at is not None and _now(expires_at) <= at:
+            raise UsageError(
+                "a key's expiry lies in the future",
+                field="expires_at",
+                expected=f"> {at.isoformat()}",
+                actual=expires_at.isoformat(),
+            )
+        ring = self.kek_ring
+        try:
+            with self._tx() as conn:
+                self._require_policy(conn, policy_id, "resource")
+                conn.execute(
+                    t.keys.insert().values(
+                        id=key_id,
+                        type=key_type,
+                        state="enabled",
+                        deletion_date=None,
+                        rotation_period_s=period,
+                        next_rotation_at=None if period is None else at + timedelta(seconds=period),
+                        expires_at=expires_at,
+                        exportable=bool(exportable),
+                        policy_id=policy_id,
+                        current_version=1,
+                        created_at=at,
+                        updated_at=at,
+                    )
+                )
+                self._insert_key_version(conn, ring, key_id, 1, secret, public_key, at)
+                append_entry(
+                    conn,
+                    actor=actor,
+                    action="key.create",
+                    target=key_id,
+                    outcome="ok",
+                    detail={"type": key_type, "version": 1, "exportable": bool(exportable)},
+                    now=at,
+                )
+                return _key_info(conn.execute(select(t.keys).where(t.keys.c.id == key_id)).one())
+        except IntegrityError as exc:
+            raise ConflictError(
+                "a key with this id exists", field="key id", expected="a new id", actual=key_id
+            ) from exc
+
+    @staticmethod
+    def _period(rotation_period: timedelta | None) -> int | None:
+        if rotation_period is None:
+            return None
+        seconds = int(rotation_period.total_seconds())
+        if seconds < 86400:
+            raise UsageError(
+                "a rotation period is at least a day",
+                field="rotation_period",
+                expected=">= 1 day",
+                actual=str(rotation_period),
+            )
+        return seconds
+
+    @staticmethod
+    def _insert_key_version(
+        conn: Connection,
+        ring: KekRing,
+        key_id: str,
+        version: int,
+        material: bytes,
+        public_key: bytes | None,
+        at: datetime,
+    ) -> None:
+        env = seal_envelope(ring, material, envelope_aad("key_versions", key_id, version))
+        conn.execute(
+            t.key_versions.insert().values(
+                key_id=key_id,
+                version=version,
+                state="enabled",
+                public_key=public_key,
+                created_at=at,
+                **_envelope_values(env),
+            )
+        )
+
+    def _key_row(self, conn: Connection, key_id: str, *, lock: bool = False) -> Row[Any]:
+        _check_id("key id", key_id)
+        query = select(t.keys).where(t.keys.c.id == key_id)
+        row = conn.execute(query.with_for_update() if lock else query).one_or_none()
+        if row is None:
+            raise NotFoundError(
+                "no such key", field="key id", expected="an existing key", actual=key_id
+            )
+        return row
+
+    def get_key(self, key_id: str) -> KeyInfo:
+        with self._read() as conn:
+            return _key_info(self._key_row(conn, key_id))
+
+    def list_keys(self, *, include_destroyed: bool = True) -> list[KeyInfo]:
+        query = select(t.keys).order_by(t.keys.c.id)
+        if not include_destroyed:
+            query = query.where(t.keys.c.state != "destroyed")
+        with self._read() as conn:
+            return [_key_info(r) for r in conn.execute(query).all()]
+
+    def key_versions(self, key_id: str) -> list[KeyVersionInfo]:
+        kv = t.key_versions
+        with self._read() as conn:
+            self._key_row(conn, key_id)
+            rows = conn.execute(select(kv).where(kv.c.key_id == key_id).order_by(kv.c.version))
+            return [_key_version(r) for r in rows.all()]
+
+    def rotate_key(
+        self,
+        key_id: str,
+        material: bytes,
+        *,
+        public_key: bytes | None = None,
+        actor: str,
+        now: datetime | None = None,
+    ) -> KeyVersionInfo:
+        """Add a new version and make it current (older versions stay usable to decrypt/verify)."""
+        secret = _check_size("key material", material, MAX_KEY_MATERIAL_BYTES)
+        if public_key is not None:
+            _check_size("public key", public_key, MAX_KEY_MATERIAL_BYTES)
+        _check_actor(actor)
+        ring = self.kek_ring
+        at = _now(now)
+        with self._tx() as conn:
+            row = self._key_row(conn, key_id, lock=True)
+            if row.state != "enabled":
+                raise LifecycleError(
+                    "only an enabled key rotates",
+                    field="state",
+                    expected="enabled",
+                    actual=row.state,
+                )
+            version = int(row.current_version) + 1
+            period = row.rotation_period_s
+            self._insert_key_version(conn, ring, key_id, version, secret, public_key, at)
+            conn.execute(
+                update(t.keys)
+                .where(t.keys.c.id == key_id)
+                .values(
+                    current_version=version,
+                    updated_at=at,
+                    next_rotation_at=None
+                    if period is None
+                    else at + timedelta(seconds=int(period)),
+                )
+            )
+            append_entry(
+                conn,
+                actor=actor,
+                action="key.rotate",
+                target=key_id,
+                outcome="ok",
+                detail={"version": version},
+                now=at,
+            )
+            kv = t.key_versions
+            return _key_version(
+                conn.execute(select(kv).where(kv.c.key_id == key_id, kv.c.version == version)).one()
+            )
+
+    def key_material(
+        self, key_id: str, *, version: int | None = None, now: datetime | None = None
+    ) -> tuple[KeyVersionInfo, bytes]:
+        """Unwrap a key version's material for an operation inside the service. Refused unless
+        the key is enabled and unexpired and the version is enabled."""
+        ring = self.kek_ring
+        at = _now(now)
+        kv = t.key_versions
+        with self._read() as conn:
+            row = self._key_row(conn, key_id)
+            want = int(row.current_version) if version is None else version
+            vrow = conn.execute(
+                select(kv).where(kv.c.key_id == key_id, kv.c.version == want)
+            ).one_or_none()
+        if row.state != "enabled":
+            raise LifecycleError(
+                f"key {key_id} is {row.state}", field="state", expected="enabled", actual=row.state
+            )
+        if row.expires_at is not None and row.expires_at <= at:
+            raise LifecycleError(
+                f"key {key_id} expired",
+                field="expires_at",
+                expected=f"> {at.isoformat()}",
+                actual=row.expires_at.isoformat(),
+            )
+        if vrow is None:
+            raise NotFoundError(
+                "no such key version",
+                field="version",
+                expected=f"1..{row.current_version}",
+                actual=want,
+            )
+        if vrow.state != "enabled":
+            raise LifecycleError(
+                f"key {key_id} version {want} is {vrow.state}",
+                field="version state",
+                expected="enabled",
+                actual=vrow.state,
+            )
+        material = open_envelope(ring, _envelope(vrow), envelope_aad("key_versions", key_id, want))
+        return _key_version(vrow), material
+
+    def _transition(
+        self,
+        key_id: str,
+        target: KeyState,
+        *,
+        actor: str,
+        now: datetime | None,
+        deletion_date: datetime | None = None,
+        allowed_from: frozenset[str],
+    ) -> KeyInfo:
+        _check_actor(actor)
+        at = _now(now)
+        with self._tx() as conn:
+            row = self._key_row(conn, key_id, lock=True)
+            current = str(row.state)
+            if current not in allowed_from or target not in _TRANSITIONS[current]:
+                raise LifecycleError(
+                    f"key {key_id} cannot go from {current} to {target}",
+                    field="state",
+                    expected=f"a state that may become {target}",
+                    actual=current,
+                    hint="destroyed is final; pending_deletion returns only via cancel (to disabled)",
+                )
+            conn.execute(
+                update(t.keys)
+                .where(t.keys.c.id == key_id)
+                .values(state=target, deletion_date=deletion_date, updated_at=at)
+            )
+            detail: dict[str, Any] = {"from": current, "to": target}
+            if deletion_date is not None:
+                detail["deletion_date"] = deletion_date.isoformat()
+            append_entry(
+                conn,
+                actor=actor,
+                action=f"key.{target}",
+                target=key_id,
+                outcome="ok",
+                detail=detail,
+                now=at,
+            )
+            return _key_info(self._key_row(conn, key_id))
+
+    def enable_key(self, key_id: str, *, actor: str, now: datetime | None = None) -> KeyInfo:
+        return self._transition(
+            key_id, "enabled", actor=actor, now=now, allowed_from=frozenset({"disabled"})
+        )
+
+    def disable_key(self, key_id: str, *, actor: str, now: datetime | None = None) -> KeyInfo:
+        return self._transition(
+            key_id, "disabled", actor=actor, now=now, allowed_from=frozenset({"enabled"})
+        )
+
+    def schedule_key_deletion(
+        self, key_id: str, *, waiting_days: int, actor: str, now: datetime | None = None
+    ) -> KeyInfo:
+        """Enabled or disabled → pending_deletion; destroyed ``waiting_days`` (7..30) later."""
+        if (
+            isinstance(waiting_days, bool)
+            or not isinstance(waiting_days, int)
+            or not DELETION_WAIT_MIN_DAYS <= waiting_days <= DELETION_WAIT_MAX_DAYS
+        ):
+            raise UsageError(
+                "the deletion waiting period is out of range",
+                field="waiting_days",
+                expected=f"{DELETION_WAIT_MIN_DAYS}..{DELETION_WAIT_MAX_DAYS}",
+                actual=waiting_days,
+            )
+        at = _now(now)
+        return self._transition(
+            key_id,
+            "pending_deletion",
+            actor=actor,
+            now=at,
+            deletion_date=at + timedelta(days=waiting_days),
+            allowed_from=frozenset({"enabled", "disabled"}),
+        )
+
+    def cancel_key_deletion(
+        self, key_id: str, *, actor: str, now: datetime | None = None
+    ) -> KeyInfo:
+        """pending_deletion → disabled (enable it explicitly afterwards)."""
+        return self._transition(
+            key_id, "disabled", actor=actor, now=now, allowed_from=frozenset({"pending_deletion"})
+        )
+
+    def destroy_due_keys(self, *, actor: str = "system", now: datetime | None = None) -> list[str]:
+        """Destroy every key whose deletion date has passed: state destroyed (final), all its
+        versions' wrapped material erased. Returns the destroyed ids."""
+        _check_actor(actor)
+        at = _now(now)
+        done: list[str] = []
+        with self._tx() as conn:
+            due = (
+                conn.execute(
+                    select(t.keys.c.id)
+                    .where(t.keys.c.state == "pending_deletion", t.keys.c.deletion_date <= at)
+                    .order_by(t.keys.c.id)
+                    .with_for_update()
+                )
+                .scalars()
+                .all()
+            )
+            for key_id in due:
+                conn.execute(
+                    update(t.key_versions)
+                    .where(t.key_versions.c.key_id == key_id)
+                    .values(
+                        state="destroyed",
+                        ciphertext=None,
+                        wrapped_key=None,
+                        kek_id=None,
+                        nonce=None,
+                        aad=None,
+                    )
+                )
+                conn.execute(
+                    update(t.keys)
+                    .where(t.keys.c.id == key_id)
+                    .values(state="destroyed", deletion_date=None, updated_at=at)
+                )
+                append_entry(
+                    conn,
+                    actor=actor,
+                    action="key.destroyed",
+                    target=str(key_id),
+                    outcome="ok",
+                    detail={"from": "pending_deletion", "to": "destroyed"},
+                    now=at,
+                )
+                done.append(str(key_id))
+        return done
+
+    def keys_due_for_rotation(self, *, now: datetime | None = None) -> list[KeyInfo]:
+        at = _now(now)
+        query = (
+            select(t.keys)
+            .where(t.keys.c.state == "enabled", t.keys.c.next_rotation_at <= at)
+            .order_by(t.keys.c.id)
+        )
+        with self._read() as conn:
+            return [_key_info(r) for r in conn.execute(query).all()]
+
+    # -- sessions and nonces -----------------------------------------------------------------
+
+    def create_session(
+        self,
+        tee: str,
+        *,
+        ttl: timedelta,
+        now: datetime | None = None,
+        session_id: str | None = None,
+        nonce: str | None = None,
+    ) -> Session:
+        """A KBS session with its single-use nonce (both random unless given)."""
+        if not isinstance(tee, str) or not re.fullmatch(r"[a-z0-9-]{1,16}", tee):
+            raise UsageError("invalid tee", field="tee", expected="e.g. sgx, tdx, snp", actual=tee)
+        if not timedelta(0) < ttl <= MAX_SESSION_TTL:
+            raise UsageError(
+                "invalid session lifetime",
+                field="ttl",
+                expected=f"0 < ttl <= {MAX_SESSION_TTL}",
+                actual=str(ttl),
+            )
+        sid = secrets.token_hex(16) if session_id is None else _check_id("session id", session_id)
+        value = secrets.token_urlsafe(32) if nonce is None else nonce
+        if not _NONCE.fullmatch(value):
+            raise UsageError(
+                "invalid nonce", field="nonce", expected="16-128 base64 characters", actual=value
+            )
+        at = _now(now)
+        expires = at + ttl
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    t.sessions.insert().values(
+                        id=sid, tee=tee, state="pending", created_at=at, expires_at=expires
+                    )
+                )
+                conn.execute(
+                    t.nonces.insert().values(
+                        value=value, session_id=sid, created_at=at, expires_at=expires
+                    )
+                )
+        except IntegrityError as exc:
+            raise ConflictError(
+                "session id or nonce already used",
+                field="session",
+                expected="fresh values",
+                actual=sid,
+            ) from exc
+        return Session(sid, value, tee, "pending", at, expires, None, None)
+
+    def get_session(self, session_id: str, *, now: datetime | None = None) -> Session:
+        """A live session; an expired one is reported as such (KBS answers 401)."""
+        _check_id("session id", session_id)
+        at = _now(now)
+        with self._read() as conn:
+            row = conn.execute(
+                select(t.sessions).where(t.sessions.c.id == session_id)
+            ).one_or_none()
+            nonce = conn.execute(
+                select(t.nonces.c.value).where(t.nonces.c.session_id == session_id)
+            ).scalar_one_or_none()
+        if row is None:
+            raise NotFoundError(
+                "no such session", field="session id", expected="a live session", actual=session_id
+            )
+        if row.expires_at <= at:
+            raise NotFoundError(
+                "the session expired",
+                code="SESSION_EXPIRED",
+                field="expires_at",
+                expected=f"> {at.isoformat()}",
+                actual=row.expires_at.isoformat(),
+            )
+        return _session(row, "" if nonce is None else str(nonce))
+
+    def _consume(self, conn: Connection, session_id: str, nonce: str, at: datetime) -> None:
+        n = t.nonces
+        result = conn.execute(
+            update(n)
+            .where(
+                n.c.value == nonce,
+                n.c.session_id == session_id,
+                n.c.consumed_at.is_(None),
+                n.c.expires_at > at,
+            )
+            .values(consumed_at=at)
+        )
+        if result.rowcount == 1:
+            return
+        row = conn.execute(
+            select(n).where(n.c.value == nonce, n.c.session_id == session_id)
+        ).one_or_none()
+        if row is None:
+            raise NonceError(
+                "unknown nonce for this session",
+                code="NONCE_UNKNOWN",
+                field="nonce",
+                expected="the nonce issued with this session",
+                actual=nonce[:64],
+            )
+        if row.consumed_at is not None:
+            raise NonceError(
+                "the nonce was already used (replay)",
+                code="NONCE_REPLAYED",
+                field="nonce",
+                expected="an unused nonce",
+                actual=f"consumed at {row.consumed_at.isoformat()}",
+            )
+        raise NonceError(
+            "the nonce expired",
+            code="NONCE_EXPIRED",
+            field="nonce",
+            expected=f"expires after {at.isoformat()}",
+            actual=row.expires_at.isoformat(),
+        )
+
+    def consume_nonce(self, session_id: str, nonce: str, *, now: datetime | None = None) -> None:
+        """Mark the session's nonce used. Of concurrent consumers exactly one succeeds: the
+        UPDATE matches only while ``consumed_at IS NULL``; the others raise :class:`NonceError`."""
+        _check_id("session id", session_id)
+        at = _now(now)
+        with self._tx() as conn:
+            self._consume(conn, session_id, nonce, at)
+
+    def attest_session(
+        self,
+        session_id: str,
+        nonce: str,
+        *,
+        tee_pubkey: str,
+        token: str,
+        now: datetime | None = None,
+    ) -> Session:
+        """Consume the nonce and record the attested TEE key and token, atomically."""
+        _check_id("session id", session_id)
+        for field, value in (("tee_pubkey", tee_pubkey), ("token", token)):
+            if not isinstance(value, str):
+                raise UsageError(
+                    f"{field} is text", field=field, expected="str", actual=type(value)
+                )
+            _check_size(field, value.encode("utf-8"), MAX_SESSION_FIELD_BYTES)
+        at = _now(now)
+        with self._tx() as conn:
+            row = conn.execute(
+                select(t.sessions).where(t.sessions.c.id == session_id).with_for_update()
+            ).one_or_none()
+            if row is None or row.expires_at <= at:
+                raise NotFoundError(
+                    "no live session",
+                    code="SESSION_EXPIRED" if row is not None else "NOT_FOUND",
+                    field="session id",
+                    expected="a live session",
+                    actual=session_id,
+                )
+            self._consume(conn, session_id, nonce, at)
+            conn.execute(
+                update(t.sessions)
+                .where(t.sessions.c.id == session_id)
+                .values(state="attested", tee_pubkey=tee_pubkey, token=token)
+            )
+            return _session(
+                conn.execute(select(t.sessions).where(t.sessions.c.id == session_id)).one(), nonce
+            )
+
+    def sweep_expired(self, *, now: datetime | None = None) -> SweepResult:
+        """Delete expired sessions (their nonces go with them) and expired stray nonces."""
+        at = _now(now)
+        with self._tx() as conn:
+            n = conn.execute(delete(t.nonces).where(t.nonces.c.expires_at <= at)).rowcount
+            s = conn.execute(delete(t.sessions).where(t.sessions.c.expires_at <= at)).rowcount
+        return SweepResult(sessions=int(s), nonces=int(n))
+
+    # -- KEK maintenance ---------------------------------------------------------------------
+
+    def rewrap_all(self, *, batch: int = 500) -> int:
+        """Rewrap every data key under the current KEK (ciphertexts untouched); returns the count."""
+        ring = self.kek_ring
+        current = ring.current_id
+        total = 0
+        for table, keycols in (
+            (t.resource_versions, ("resource_id", "version")),
+            (t.key_versions, ("key_id", "version")),
+        ):
+            while True:
+                with self._tx() as conn:
+                    rows = conn.execute(
+                        select(table)
+                        .where(table.c.kek_id != current, table.c.kek_id.is_not(None))
+                        .limit(batch)
+                        .with_for_update()
+                    ).all()
+                    for row in rows:
+                        env = rewrap(ring, _envelope(row))
+                        conn.execute(
+                            update(table)
+                            .where(*(table.c[k] == getattr(row, k) for k in keycols))
+                            .values(wrapped_key=env.wrapped_key, kek_id=env.kek_id)
+                        )
+                    total += len(rows)
+                if len(rows) < batch:
+                    break
+        return total
+
+    def kek_usage(self) -> dict[str, int]:
+        """Rows per KEK id (a KEK with no rows may be retired)."""
+        usage: dict[str, int] = dict.fromkeys(self.kek_ring.ids, 0)
+        with self._read() as conn:
+            for table in (t.resource_versions, t.key_versions):
+                rows = conn.execute(
+                    select(table.c.kek_id, func.count())
+                    .where(table.c.kek_id.is_not(None))
+                    .group_by(table.c.kek_id)
+                ).all()
+                for kek_id, count in rows:
+                    usage[str(kek_id)] = usage.get(str(kek_id), 0) + int(count)
+        return usage
+
+    def retire_unused_keks(self) -> list[str]:
+        ring = self.kek_ring
+        retired = [
+            k
+            for k, n in self.kek_usage().items()
+            if n == 0 and k != ring.current_id and k in ring.ids
+        ]
+        for kek_id in retired:
+            ring.retire(kek_id)
+        return retired
+
+
+def default_url(data_dir: str | Path) -> str:
+    return f"sqlite:///{Path(data_dir) / 'nacre.db'}"
+
+
+def open_store(
+    url: str,
+    *,
+    sealer: KekSealer | None = None,
+    data_dir: str | Path | None = None,
+    kek_policy: SealPolicyName = "mrsigner",
+    migrate: bool = True,
+) -> Store:
+    """Connect, run the Alembic migrations up to head, and load (or create) the sealed KEKs.
+
+    ``data_dir`` holds ``kek.json``; for a SQLite URL it defaults to the database's directory.
+    Without ``sealer`` the store serves everything but secrets (e.g. ``nacre audit verify``).
+    ``migrate=False`` opens an existing database as it is (refusing one not at the head revision)
+    instead of creating or upgrading the schema.
+    """
+    engine = make_engine(url)
+    try:
+        if migrate:
+            upgrade_head(engine)
+        else:
+            revision = current_revision(engine)
+            if revision != SCHEMA_HEAD:
+                raise UsageError(
+                    "not a nacre database at this nacre's schema revision",
+                    field="schema revision",
+                    expected=SCHEMA_HEAD,
+                    actual=revision,
+                    hint="check the URL; nacre serve upgrades an older schema",
+                )
+        ring: KekRing | None = None
+        if sealer is not None:
+            directory = Path(data_dir) if data_dir is not None else None
+            if directory is None:
+                db_file = sqlite_path(url)
+                if db_file is None:
+                    raise UsageError(
+                        "a PostgreSQL store needs a data directory for its sealed KEK",
+                        field="data_dir",
+                        expected="a directory",
+                        actual=None,
+                    )
+                directory = db_file.parent
+            ring = KekRing.load_or_create(directory, sealer, policy=kek_policy)
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store(engine, ring)
