@@ -35,11 +35,11 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
+import amd_forge
 from nacre.collateral.trust import TrustRoots
 from nacre.evidence.snp import SnpReport, parse_snp_report
 from nacre.sim.measure import Manifest
@@ -265,47 +265,18 @@ def tdx_answer(platform: SimPlatform, manifest: Manifest | None = None) -> Answe
 
 # --------------------------------------------------------------------------- a fake AMD chain
 
-_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
-_AMD = "1.3.6.1.4.1.3704.1."
 _T0 = datetime.now(UTC) - timedelta(days=30)
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "nacre test AMD"),
-        ]
-    )
-
-
-def _der_int(value: int) -> bytes:
-    body = value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big")
-    return bytes([0x02, len(body)]) + body
-
-
-def _ia5(text: str) -> bytes:
-    return bytes([0x16, len(text)]) + text.encode()
+_PSS = amd_forge.PSS
+_AMD = amd_forge.AMD_OID
+_name = amd_forge.name
+_der_int = amd_forge.der_int
+_ia5 = amd_forge.ia5
 
 
 def _ca(
     key: rsa.RSAPrivateKey, cn: str, issuer_key: rsa.RSAPrivateKey, issuer: str
 ) -> x509.Certificate:
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(issuer))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_T0)
-        .not_valid_after(_T0 + timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(issuer_key, hashes.SHA384(), rsa_padding=_PSS)
-    )
+    return amd_forge.ca(key, cn, issuer_key, issuer, not_before=_T0)
 
 
 @dataclass(frozen=True)

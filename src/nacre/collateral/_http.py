@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -39,7 +40,13 @@ from nacre.limits import (
     MAX_PEM_CHAIN_BYTES,
 )
 
-__all__ = ["Fetched", "HttpGetter", "Request", "check_url"]
+__all__ = [
+    "Fetched",
+    "HttpGetter",
+    "Request",
+    "ServiceClient",
+    "check_url",
+]
 
 _USER_AGENT = "nacre-collateral/0.1"
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -379,3 +386,23 @@ def _ssl_context(ca_bundle: str | Path | None) -> ssl.SSLContext:
                 actual=str(path),
             ) from exc
     return ctx
+
+
+class ServiceClient:
+    """Lifecycle shared by the PCS/PCCS and KDS clients: both own one :class:`HttpGetter`."""
+
+    _http: HttpGetter
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

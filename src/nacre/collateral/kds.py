@@ -19,12 +19,11 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Literal
 
 import httpx
 
-from nacre.collateral._http import Fetched, HttpGetter, Request, check_url
+from nacre.collateral._http import Fetched, HttpGetter, Request, ServiceClient, check_url
 from nacre.errors import UsageError
 from nacre.evidence.snp import SnpReport, TcbVersion, tcb_layout_for_product
 from nacre.limits import (
@@ -127,7 +126,7 @@ class VcekQuery:
         return q
 
 
-class KdsClient:
+class KdsClient(ServiceClient):
     """Synchronous AMD KDS client. ``client``/``transport``/``ca_bundle`` as for PcsClient."""
 
     def __init__(
@@ -167,20 +166,6 @@ class KdsClient:
             backoff=backoff,
             sleep=sleep,
         )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> KdsClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def vcek_request(self, q: VcekQuery) -> Request:
         url = f"{self.base_url}/vcek/v1/{q.product}/{q.hwid}?{urllib.parse.urlencode(q.query())}"

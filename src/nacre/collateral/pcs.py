@@ -25,13 +25,12 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Literal
 
 import httpx
 from cryptography import x509
 
-from nacre.collateral._http import Fetched, HttpGetter, Request, check_url
+from nacre.collateral._http import Fetched, HttpGetter, Request, ServiceClient, check_url
 from nacre.errors import CollateralFetchError, UsageError
 from nacre.limits import (
     FETCH_BACKOFF_SECONDS,
@@ -111,7 +110,7 @@ def crl_distribution_point(cert: x509.Certificate) -> str | None:
     return None
 
 
-class PcsClient:
+class PcsClient(ServiceClient):
     """Synchronous Intel PCS / PCCS API v4 client.
 
     ``service`` is ``"pcs"`` for Intel's service and ``"pccs"`` for a caching service; by default it
@@ -166,20 +165,6 @@ class PcsClient:
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> PcsClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- requests (their URLs are the cache keys) ----------------------------------------------
 
