@@ -6,8 +6,11 @@ import typer
 
 from nacre.cli.audit_cmd import audit_app
 from nacre.cli.collateral_cmd import collateral_app
+from nacre.cli.demo_cmd import demo_command
 from nacre.cli.node_cmd import node_app
 from nacre.cli.policy_cmd import policy_app
+from nacre.cli.secret_cmd import secret_app
+from nacre.cli.serve_cmd import serve_command
 from nacre.cli.sim_cmd import sim_app
 from nacre.cli.verify_cmd import verify_command
 
@@ -21,6 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("verify")(verify_command)
+app.command("serve")(serve_command)
+app.command("demo")(demo_command)
 
 
 @app.callback()
@@ -33,6 +38,7 @@ app.add_typer(sim_app, name="sim", help="A simulated SGX/TDX platform (real quot
 app.add_typer(node_app, name="node")
 app.add_typer(audit_app, name="audit", help="Check the hash-chained audit log.")
 app.add_typer(policy_app, name="policy")
+app.add_typer(secret_app, name="secret", help="Store and manage KBS resources (secrets).")
 
 
 def main() -> None:

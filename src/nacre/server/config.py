@@ -1,0 +1,77 @@
+"""Configuration of one ``nacre serve`` instance, and the server's named limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from nacre.collateral.bundle import CollateralBundle
+    from nacre.collateral.trust import TrustRoots
+    from nacre.store import KekSealer
+
+__all__ = [
+    "ADMIN_TOKEN_MAX_TTL",
+    "DEFAULT_SESSION_TTL",
+    "DEFAULT_TOKEN_TTL",
+    "MAX_ADMIN_BODY_BYTES",
+    "MAX_REQUEST_BYTES",
+    "CollateralProvider",
+    "ServerConfig",
+    "utc_now",
+]
+
+#: Largest body of an attestation or KBS request (a quote with its chain is ~5 KiB; evidence is
+#: capped at 64 KiB in base64 plus JSON framing).
+MAX_REQUEST_BYTES: Final = 256 * 1024
+#: Largest admin request body: a 1 MiB resource in base64 plus JSON framing.
+MAX_ADMIN_BODY_BYTES: Final = 2 * 1024 * 1024
+#: Trustee's default KBS session lifetime (``timeout`` = 5 minutes).
+DEFAULT_SESSION_TTL: Final = timedelta(minutes=5)
+#: Lifetime of an EAR token (Trustee's default is 5 minutes too).
+DEFAULT_TOKEN_TTL: Final = timedelta(minutes=5)
+#: Longest admin JWT lifetime accepted (``exp - iat``).
+ADMIN_TOKEN_MAX_TTL: Final = timedelta(minutes=15)
+
+CollateralProvider = Callable[[str], "CollateralBundle"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything :func:`nacre.server.create_app` needs. All state lives in the database and in
+    ``data_dir`` (sealed KEK, sealed EAR keyring, admin key registry), so replicas that share the
+    database and the data directory serve any request, including a handshake another began.
+
+    ``trust``: production roots (default: the pinned Intel/AMD roots). ``trust_sim``: also accept
+    evidence chaining to ``sim_trust`` (a :meth:`TrustRoots.simulation` root); such results carry
+    ``nacre.sim: true``. Collateral per TEE comes from ``collateral_dirs[tee]`` (a bundle
+    directory) or, failing that, from ``collateral_provider(tee)`` (``SimPlatform.bundle`` for
+    the simulator); the PCK chain is the one embedded in the quote.
+    """
+
+    database_url: str
+    data_dir: Path
+    sealer: KekSealer
+    trust_sim: bool = False
+    sim_trust: TrustRoots | None = None
+    trust: TrustRoots | None = None
+    collateral_dirs: Mapping[str, Path] = field(default_factory=dict)
+    collateral_provider: CollateralProvider | None = None
+    session_ttl: timedelta = DEFAULT_SESSION_TTL
+    token_ttl: timedelta = DEFAULT_TOKEN_TTL
+    #: How long one EAR signing key signs before the keyring rotates it.
+    signing_key_lifetime: timedelta = timedelta(days=30)
+    issuer: str | None = None
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_admin_body_bytes: int = MAX_ADMIN_BODY_BYTES
+    #: Create ``data_dir/admin.key`` (and register it as admin) when no admin key exists yet.
+    bootstrap_admin: bool = True
+    #: The clock (tests move it forward to expire sessions and rotate keys).
+    clock: Callable[[], datetime] = utc_now

@@ -1,0 +1,183 @@
+"""Observability: Prometheus metrics (one registry per app), JSON logs, the edge middleware.
+
+The middleware is plain ASGI (no buffering of responses): it gives every request an id
+(``X-Request-Id``), refuses a body over the route's named limit with 413 before the route reads
+it, counts requests and their latency by route template, and logs one JSON line per request.
+Logs carry method, route, status, duration and request id: never bodies, tokens or secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from nacre.server.problems import Problem, problem_response
+
+__all__ = ["LOGGER_NAME", "BodyLimitMiddleware", "JsonLogFormatter", "Metrics", "log_event"]
+
+LOGGER_NAME: Final = "nacre.server"
+_log = logging.getLogger(LOGGER_NAME)
+_STANDARD_ATTRS: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in vars(record).items():
+            if name not in _STANDARD_ATTRS and not name.startswith("_"):
+                out[name] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one structured event. Callers pass identifiers and outcomes only, never secrets."""
+    _log.log(level, event, extra={"event": event, **fields})
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "nacre_http_requests",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "nacre_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.attestations = Counter(
+            "nacre_attestations",
+            "Attestations by API, TEE and EAR status (or refusal)",
+            ["api", "tee", "status"],
+            registry=self.registry,
+        )
+        self.releases = Counter(
+            "nacre_kbs_resource_requests",
+            "KBS resource requests by outcome (released, denied, ...)",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+
+def _route_of(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
+
+
+class BodyLimitMiddleware:
+    """Request id, body size limit (413 RFC 7807), metrics and the access log."""
+
+    def __init__(self, app: ASGIApp, *, limit_for: Callable[[str], int], metrics: Metrics) -> None:
+        self.app = app
+        self.limit_for = limit_for
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = request_id
+        start = time.perf_counter()
+        status_holder = [500]
+        limit = self.limit_for(str(scope.get("path", "")))
+
+        def too_large(actual: str) -> Problem:
+            return Problem(
+                413,
+                "request body over the limit",
+                kind="PayloadTooLarge",
+                code="LIMIT_EXCEEDED",
+                field="body",
+                expected=f"<= {limit} bytes",
+                actual=actual,
+                extra={
+                    "limit": "max_request_bytes" if limit < 1024 * 1024 else "max_admin_body_bytes"
+                },
+            )
+
+        exceeded = False
+
+        async def send_wrapper(message: Message) -> None:
+            if exceeded:
+                return  # the app's answer to a cut-off body is replaced by the 413 below
+            if message["type"] == "http.response.start":
+                status_holder[0] = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        declared = None
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+        try:
+            if declared is not None and declared > limit:
+                await problem_response(too_large(f"{declared} bytes"), request_id)(
+                    scope, receive, send_wrapper
+                )
+                return
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received, exceeded
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        exceeded = True
+                        raise too_large(f"> {limit} bytes (streamed)")
+                return message
+
+            try:
+                await self.app(scope, limited_receive, send_wrapper)
+            except Problem:
+                if not exceeded:
+                    raise
+            if exceeded:
+                exceeded = False
+                await problem_response(too_large(f"> {limit} bytes (streamed)"), request_id)(
+                    scope, receive, send_wrapper
+                )
+        finally:
+            elapsed = time.perf_counter() - start
+            route = _route_of(scope)
+            method = str(scope.get("method", ""))
+            self.metrics.requests.labels(method, route, str(status_holder[0])).inc()
+            self.metrics.latency.labels(method, route).observe(elapsed)
+            log_event(
+                "http.request",
+                method=method,
+                route=route,
+                path=str(scope.get("path", ""))[:256],
+                status=status_holder[0],
+                duration_ms=round(elapsed * 1000, 3),
+                request_id=request_id,
+            )

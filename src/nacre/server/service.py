@@ -1,0 +1,148 @@
+"""The state of one app instance (:class:`NacreService`) and helpers the routers share."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from fastapi.security import HTTPBearer
+
+from nacre.server.adminauth import ADMIN_REGISTRY_FILE, AdminKeyRegistry, ensure_bootstrap_admin
+from nacre.server.attest import Appraised, Attester
+from nacre.server.config import ServerConfig
+from nacre.server.keys import ServiceKeyring
+from nacre.server.observe import Metrics
+from nacre.server.problems import Problem
+from nacre.server.release import ReleasePolicy, parse_release_policy
+from nacre.store import Store, open_store
+from nacre.token import EarInput, issue_ear
+
+__all__ = ["BEARER", "KBS_TEES", "SWEEP_EVERY", "NacreService", "b64decode"]
+
+KBS_TEES: Final = ("sgx", "tdx", "snp")
+#: New KBS sessions between two sweeps of expired sessions and nonces (per process).
+SWEEP_EVERY: Final = 256
+_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+#: One bearer scheme for OpenAPI: EAR tokens on KBS routes, admin JWTs on admin routes.
+BEARER = HTTPBearer(auto_error=False, description="EAR token (KBS) or admin JWT (admin API)")
+
+
+def b64decode(text: str, field: str, *, kbs: bool = False) -> bytes:
+    """Standard base64 (what guest components send), or base64url without padding."""
+    data = text.strip()
+    try:
+        if _B64URL.fullmatch(data) and ("-" in data or "_" in data or len(data) % 4):
+            return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    raise Problem(
+        400,
+        f"{field} is not base64",
+        kind="SerdeError" if kbs else "BadRequest",
+        kbs=kbs,
+        code="BAD_BASE64",
+        field=field,
+        expected="base64 text",
+        actual=text[:40],
+    )
+
+
+class NacreService:
+    """The state of one app instance: handles to shared state, and caches of derived values."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store: Store = open_store(
+            config.database_url, sealer=config.sealer, data_dir=config.data_dir
+        )
+        try:
+            self.metrics = Metrics()
+            self.keyring = ServiceKeyring(
+                config.data_dir,
+                config.sealer,
+                max_token_ttl=config.token_ttl,
+                key_lifetime=config.signing_key_lifetime,
+            )
+            self.keyring.signing_ring(self.now())  # load, create or rotate on startup
+            self.attester = Attester(config, self.store)
+            self.registry = AdminKeyRegistry(config.data_dir / ADMIN_REGISTRY_FILE)
+            self.bootstrap_key = None
+            if config.bootstrap_admin:
+                entry = ensure_bootstrap_admin(config.data_dir, self.registry, self.now())
+                if entry is not None:
+                    self.bootstrap_key = entry
+                    self.store.record(
+                        actor="system",
+                        action="admin_key.register",
+                        target=entry.kid,
+                        outcome="ok",
+                        detail={"name": entry.name, "roles": list(entry.roles)},
+                    )
+        except BaseException:
+            self.store.close()
+            raise
+        self._lock = threading.Lock()
+        self._release_policies: dict[tuple[str, int], ReleasePolicy] = {}
+        self._auth_count = 0
+
+    def now(self) -> datetime:
+        return self.config.clock()
+
+    def release_policy(self, policy_id: str) -> ReleasePolicy:
+        stored = self.store.get_policy(policy_id)
+        key = (stored.id, stored.version)
+        with self._lock:
+            cached = self._release_policies.get(key)
+        if cached is None:
+            cached = parse_release_policy(stored.document)
+            with self._lock:
+                self._release_policies[key] = cached
+        return cached
+
+    def issue_token(
+        self,
+        appraised: Appraised,
+        *,
+        tee_pubkey: Mapping[str, Any] | None,
+        runtime: Mapping[str, Any] | None,
+        nonce: str | None,
+    ) -> str:
+        now = self.now()
+        v = appraised.verified
+        claims = {**v.claims, "tcb_status": v.tcb_status, "advisory_ids": list(v.advisory_ids)}
+        ear = EarInput(
+            tee=v.tee,
+            status=appraised.result.status,
+            trustworthiness_vector=appraised.result.trustworthiness.to_dict(),
+            claims=claims,
+            policy_id=appraised.policy_id,
+            tee_pubkey=tee_pubkey,
+            runtime_data=runtime,
+            nonce=nonce if nonce is not None and 8 <= len(nonce) <= 88 else None,
+            sim=v.sim,
+        )
+        return issue_ear(
+            ear,
+            self.keyring.signing_ring(now),
+            now,
+            self.config.token_ttl,
+            issuer=self.config.issuer,
+        )
+
+    def sweep_now_and_then(self, now: datetime) -> None:
+        """Delete expired sessions and nonces once every :data:`SWEEP_EVERY` new sessions."""
+        with self._lock:
+            self._auth_count += 1
+            due = self._auth_count % SWEEP_EVERY == 0
+        if due:
+            self.store.sweep_expired(now=now)
+
+    def close(self) -> None:
+        self.store.close()
