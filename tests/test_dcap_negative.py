@@ -312,3 +312,18 @@ def test_collateral_file_over_the_limit_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LimitExceededError) as info:
         CollateralBundle.from_dir(tmp_path)
     assert info.value.field == "tcb_info.json"
+
+
+def test_damaged_root_name_attribute_is_a_chain_error() -> None:
+    # Found by the heavy dcap-qvl mutation campaign: this flip turns a Name attribute of the
+    # quote's root certificate into a BIT STRING, which cryptography refuses with TypeError.
+    case = VECTORS / "tdx-v4-phala-b0c06f-uptodate"
+    raw = bytearray((case / "quote.bin").read_bytes())
+    raw[0x1133] = 0x44
+    with pytest.raises(VerificationError) as info:
+        verify(
+            bytes(raw),
+            collateral=CollateralBundle.from_dir(case),
+            now=datetime.fromisoformat("2025-07-04T10:00:00+00:00"),
+        )
+    assert info.value.code == "CERT_CHAIN_INVALID"

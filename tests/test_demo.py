@@ -39,6 +39,9 @@ def test_demo_json_reports_every_step(tmp_path: Path) -> None:
     assert refused["check"]
     assert refused["mrenclave"] != registered["mrenclave"]
     assert by_name["(c)"]["verified"] is True
+    assert "POST /kms/v1/keys/" in by_name["(c)"]["via"]
+    assert by_name["(c)"]["modified_workload_status"] == 403
+    assert by_name["(c)"]["modified_workload_refused"] == "policy.rule"
     assert by_name["(d)"]["entries"] > 0
     # Nothing secret is printed: the model key never appears in the summary.
     assert "key_b64" not in result.stdout

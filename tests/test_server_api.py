@@ -240,9 +240,11 @@ def test_keyring_rotates_when_due_and_keeps_old_key_published(tmp_path: Path) ->
         assert [k["kid"] for k in env.client.get("/.well-known/jwks.json").json()["keys"]] == [
             keys[0]["kid"]
         ]
-        assert (env.data_dir / "ear_keyring.bin").stat().st_mode & 0o777 == 0o600
+        assert not (env.data_dir / "ear_keyring.bin").exists()  # the ring lives in the database
         assert (env.data_dir / "admin.key").stat().st_mode & 0o777 == 0o600
-        assert b"pkcs8" not in (env.data_dir / "ear_keyring.bin").read_bytes()
+        assert [e.action for e in env.store.audit_entries()].count("signing_keyring.rotate") == 1
+        db_file = env.url.removeprefix("sqlite:///")
+        assert b"pkcs8" not in Path(db_file).read_bytes()
 
 
 def _free_port() -> int:

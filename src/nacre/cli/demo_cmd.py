@@ -10,8 +10,9 @@
    receives its model key and decrypts the model.
 4. (b) A modified workload (one line added to one file: another MRENCLAVE) is refused; the failed
    check from the 403 body is printed.
-5. (c) A key signs inside the service (the KMS) for the attested workload, and not for the
-   modified one; the signature verifies with the key's public PEM.
+5. (c) A key signs inside the service (``POST /kms/v1/keys/{id}/sign``, the workload's EAR token
+   as Bearer credential) for the attested workload, and not for the modified one (403 naming the
+   failed check); the signature verifies with the key's public PEM.
 6. (d) The hash-chained audit log verifies (``GET /admin/v1/audit/verify`` and offline, as
    ``nacre audit verify`` does).
 
@@ -425,84 +426,90 @@ class Demo:
 
     def sign_inside(self, r: StepResult) -> None:
         """An attested workload signs with a service-held P-256 key whose policy names its
-        MRENCLAVE; the modified workload may not. The service has no KMS HTTP route yet, so this
-        runs the KMS library (:class:`nacre.kms.Kms`) on the service's own store (same database,
-        same sealed KEK); the workload's credential is its EAR token, checked with the JWKS."""
+        MRENCLAVE, over HTTP (``POST /kms/v1/keys/{id}/sign``) with its EAR token as the Bearer
+        credential; the modified workload's token is refused with the failed check named. The
+        key is created (and its public PEM read) through the same API with the admin key."""
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
-
-        from nacre.kms import AccessDeniedError, Caller, Kms
-        from nacre.store import default_url, open_store
-        from nacre.token import verify_ear
 
         mrenclave = self.platform.measure(self.manifest).mr_enclave.hex()
         policy_id = "demo-model-signer"
         self.admin(
             "PUT",
             f"/admin/v1/policies/{policy_id}",
-            {"kind": "resource", "document": f'claims.mrenclave == "{mrenclave}"'},
+            {"kind": "resource", "document": _signing_policy(mrenclave)},
         )
-        jwks = self.http.get(f"{self.url}/.well-known/jwks.json").json()
+        key = self.admin(
+            "POST",
+            "/kms/v1/keys",
+            {
+                "type": "EC-P256",
+                "name": f"model-signer-{secrets.token_hex(3)}",
+                "policy_id": policy_id,
+            },
+        )
+        key_id = str(key["id"])
         with self.workload(self.manifest) as kbs:
             token = kbs.attest()
         with self.workload(self.modified_manifest()) as kbs:
             other_token = kbs.attest()
         message = b"tiny-llm release manifest, weights sha256 " + secrets.token_hex(32).encode()
-        store = open_store(
-            default_url(self.server_dir), sealer=SimBackend(self.platform), data_dir=self.server_dir
-        )
-        try:
-            kms = Kms(store)
-            key = kms.create_key(
-                Caller.principal("admin:demo", {"admin"}),
-                "EC-P256",
-                name=f"model-signer-{secrets.token_hex(3)}",
-                policy_id=policy_id,
+        body = {"message": base64.b64encode(message).decode("ascii")}
+        sign_path = f"{self.url}/kms/v1/keys/{key_id}/sign"
+        signed = self.http.post(sign_path, json=body, headers={"Authorization": f"Bearer {token}"})
+        if signed.status_code != 200:
+            problem = _json_or_empty(signed)
+            raise DemoError(
+                f"the attested workload could not sign: HTTP {signed.status_code} "
+                f"{problem.get('detail') or problem.get('title')}",
+                field=str(problem.get("check") or problem.get("field") or "sign"),
+                expected="200",
+                actual=str(signed.status_code),
             )
-            now = datetime.now(UTC)
-            signature = kms.sign(Caller.workload(verify_ear(token, jwks, now)), key.id, message)
-            pem = kms.public_key(key.id)
-            try:
-                kms.sign(Caller.workload(verify_ear(other_token, jwks, now)), key.id, message)
-            except AccessDeniedError as exc:
-                refused = exc.field or exc.code
-            else:
-                raise DemoError(
-                    "the modified workload could sign",
-                    field="key policy",
-                    expected="refused",
-                    actual="signed",
-                )
-        finally:
-            store.close()
+        answer = _json_or_empty(signed)
+        signature = base64.b64decode(str(answer.get("signature", "")))
+        refused_http = self.http.post(
+            sign_path, json=body, headers={"Authorization": f"Bearer {other_token}"}
+        )
+        refusal = _json_or_empty(refused_http)
+        if refused_http.status_code != 403 or not refusal.get("check"):
+            raise DemoError(
+                "the modified workload was not refused with the failed check named",
+                field="key policy",
+                expected="403 naming the check",
+                actual=f"HTTP {refused_http.status_code}",
+            )
+        refused = str(refusal["check"])
+        pem = str(self.admin("GET", f"/kms/v1/keys/{key_id}").get("public_key_pem") or "")
         public = serialization.load_pem_public_key(pem.encode("ascii"))
         if not isinstance(public, ec.EllipticCurvePublicKey):
             raise DemoError("the signing key is not an EC key", field="public_key")
         try:
-            public.verify(signature.signature, message, ec.ECDSA(hashes.SHA256()))
+            public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             raise DemoError("the signature does not verify", field="signature") from None
         r.facts.update(
-            key_id=key.id,
+            key_id=key_id,
             key_type="EC-P256",
-            algorithm=signature.algorithm,
-            signature_bytes=len(signature.signature),
+            algorithm=answer.get("algorithm"),
+            signature_bytes=len(signature),
             verified=True,
             modified_workload_refused=refused,
-            via="nacre.kms library on the service's store (no KMS HTTP route in nacre.server yet)",
+            modified_workload_status=refused_http.status_code,
+            via=f"POST /kms/v1/keys/{key_id}/sign with the workload's EAR token (Bearer)",
         )
-        self.say(f"key [cyan]{key.id}[/] (EC P-256) made inside the service; it never leaves it")
         self.say(
-            f"the attested workload had {len(message)} bytes signed ({signature.algorithm}); "
+            f"key [cyan]{escape(key_id)}[/] (EC P-256) made inside the service; it never leaves it"
+        )
+        self.say(
+            f"the attested workload sent its EAR token and {len(message)} bytes to "
+            f"POST /kms/v1/keys/{escape(key_id)}/sign ({answer.get('algorithm')}); "
             "the signature verifies with the key's public PEM"
         )
         self.say(
-            f"the modified workload may not use it (failed check: [yellow]{escape(refused)}[/])"
-        )
-        self.say(
-            "[dim]through the nacre.kms library on the service's store: "
-            "nacre.server has no KMS HTTP route yet[/]"
+            f"the modified workload's token is refused: HTTP {refused_http.status_code}, "
+            f"failed check [yellow]{escape(refused)}[/]: {escape(str(refusal.get('detail', '')))}"
         )
 
     def audit(self, r: StepResult) -> None:
@@ -575,6 +582,25 @@ class Demo:
             )
             self.step("(d) The audit log verifies", "hash chain intact", self.audit)
         return len(self.steps) == STEP_COUNT and all(s.ok for s in self.steps)
+
+
+def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _signing_policy(mrenclave: str) -> str:
+    """The signing key's policy: only the measured model server may have things signed."""
+    return (
+        "version: 1\n"
+        "rules:\n"
+        "  - name: mrenclave\n"
+        f"    expr: claims.mrenclave == '{mrenclave}'\n"
+        "    message: only the measured tiny-llm model server may sign with this key\n"
+    )
 
 
 def _release_policy(mrenclave: str) -> str:

@@ -1,8 +1,14 @@
-"""``nacre policy test POLICY EVIDENCE``: verify offline, appraise, print every check.
+"""``nacre policy test|set|show``: appraisal and release policies.
 
-Exit 0 when the evidence verifies and the policy's status is affirming or warning, 1 when the
-evidence is rejected or the appraisal is contraindicated, 2 on usage or I/O errors (including a
-policy document that does not load).
+``nacre policy test POLICY EVIDENCE``: verify offline, appraise, print every check. Exit 0 when the
+evidence verifies and the policy's status is affirming or warning, 1 when the evidence is rejected
+or the appraisal is contraindicated, 2 on usage or I/O errors (including a policy document that
+does not load).
+
+``nacre policy set ID --file DOC [--kind resource|appraisal]`` and ``nacre policy show ID`` store
+and read policies on the service (``/admin/v1/policies``, signed with ``--admin-key``): resource
+policies guard KBS resources and KMS keys, appraisal policies judge evidence. Exit 0 done, 1 the
+service refused (its RFC 7807 problem printed), 2 usage or I/O errors.
 """
 
 from __future__ import annotations
@@ -14,14 +20,23 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nacre.appraisal import AppraisalResult, appraise, load_policy
 from nacre.cli.render import render_rejection, render_usage_error
+from nacre.cli.secret_cmd import JsonOpt, KeyOpt, ServerOpt, _call, _fail, _print, _read
 from nacre.errors import NacreError, VerificationError
 from nacre.verify.result import VerifiedEvidence
 
-__all__ = ["appraisal_error", "policy_app", "policy_test_command", "render_appraisal"]
+__all__ = [
+    "appraisal_error",
+    "policy_app",
+    "policy_set_command",
+    "policy_show_command",
+    "policy_test_command",
+    "render_appraisal",
+]
 
 policy_app = typer.Typer(
     help="Appraisal policies: reference values and CEL rules.", no_args_is_help=True
@@ -125,3 +140,68 @@ def policy_test_command(
         render_appraisal(result, appraisal)
     if not appraisal.passed:
         raise typer.Exit(1)
+
+
+_POLICY_KINDS = ("resource", "appraisal")
+_MAX_POLICY_BYTES = 256 * 1024
+
+
+@policy_app.command("set")
+def policy_set_command(
+    policy_id: Annotated[str, typer.Argument(help="The policy id.")],
+    file: Annotated[Path, typer.Option("--file", help="Policy document (CEL or YAML/JSON).")],
+    kind: Annotated[
+        str, typer.Option("--kind", help="resource (KBS resources, KMS keys) or appraisal.")
+    ] = "resource",
+    server: ServerOpt = None,
+    admin_key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store a new version of a policy on the service (checked there before it is stored)."""
+    if kind not in _POLICY_KINDS:
+        _fail(
+            2,
+            {
+                "code": "USAGE",
+                "field": "--kind",
+                "expected": " | ".join(_POLICY_KINDS),
+                "actual": kind,
+                "message": f"unknown policy kind {kind}",
+            },
+            as_json,
+        )
+    raw = _read(file, "--file", _MAX_POLICY_BYTES, as_json)
+    try:
+        document = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        _fail(
+            2,
+            {"code": "USAGE", "field": "--file", "message": "the policy is not UTF-8 text"},
+            as_json,
+        )
+    body = {"kind": kind, "document": document}
+    result = _call("PUT", f"/admin/v1/policies/{policy_id}", server, admin_key, as_json, body)
+    _print(
+        result,
+        as_json,
+        f"stored {result.get('kind')} policy {escape(str(result.get('id')))} "
+        f"version {result.get('version')}",
+    )
+
+
+@policy_app.command("show")
+def policy_show_command(
+    policy_id: Annotated[str, typer.Argument(help="The policy id.")],
+    server: ServerOpt = None,
+    admin_key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A policy stored on the service: its kind, version and document."""
+    result = _call("GET", f"/admin/v1/policies/{policy_id}", server, admin_key, as_json)
+    _print(
+        result,
+        as_json,
+        f"{result.get('kind')} policy [bold]{escape(str(result.get('id')))}[/] version "
+        f"{result.get('version')}, updated {result.get('updated_at')}\n"
+        + escape(str(result.get("document", "")).rstrip()),
+    )

@@ -19,7 +19,14 @@ from nacre.errors import CollateralError, LimitExceededError
 from nacre.limits import MAX_CERT_CHAIN_DEPTH, MAX_CRL_BYTES, MAX_PEM_CHAIN_BYTES
 
 # What cryptography raises for bytes that are not a certificate/CRL it can load.
-_LOAD_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension)
+# TypeError: cryptography raises it when a damaged Name attribute cannot be built.
+_LOAD_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+)
 
 
 def _touch(cert: x509.Certificate) -> x509.Certificate:

@@ -230,20 +230,14 @@ def admin_router(svc: NacreService) -> APIRouter:
         name: str, body: AdminKeyBody, who: AdminIdentity = admin_only
     ) -> dict[str, Any]:
         """Register an admin public key (Ed25519 or P-256 JWK) with its roles."""
-        entry = svc.registry.register(body.jwk, tuple(body.roles), name=name, now=svc.now())
-        svc.store.record(
-            actor=who.actor,
-            action="admin_key.register",
-            target=entry.kid,
-            outcome="ok",
-            detail={"name": name, "roles": list(entry.roles)},
-            now=svc.now(),
+        entry = svc.registry.register(
+            body.jwk, tuple(body.roles), name=name, now=svc.now(), actor=who.actor
         )
         return entry.to_json()
 
     @router.delete("/admin/v1/admin-keys/{kid}", tags=["admin"])
     def delete_admin_key(kid: str, who: AdminIdentity = admin_only) -> dict[str, Any]:
-        if not svc.registry.remove(kid):
+        if not svc.registry.remove(kid, actor=who.actor, now=svc.now()):
             raise Problem(
                 404,
                 "no such admin key",
@@ -253,9 +247,6 @@ def admin_router(svc: NacreService) -> APIRouter:
                 expected="a registered key id",
                 actual=kid[:64],
             )
-        svc.store.record(
-            actor=who.actor, action="admin_key.remove", target=kid, outcome="ok", now=svc.now()
-        )
         return {"deleted": kid}
 
     return router

@@ -1,26 +1,29 @@
 """Admin authentication: signed JWTs (EdDSA over Ed25519, or ES256) from registered admin keys.
 
-An admin key is registered with its public JWK and roles in ``<data_dir>/admin_keys.json``
-(0600; public material only, so replicas sharing the data directory share the registry). A client
-signs a short-lived JWT with the private key::
+An admin key is registered with its public JWK and roles in the ``admin_keys`` table (public
+material only), so every replica sharing the database authenticates it, and a revocation
+(``revoked_at``) takes effect on every replica at its next request. A client signs a short-lived
+JWT with the private key::
 
     header  {"alg": "EdDSA" | "ES256", "typ": "JWT", "kid": <RFC 7638 thumbprint of the key>}
     claims  {"aud": "nacre-admin", "iat": int, "exp": int (<= iat + 15 min), "role"?: str}
 
 The roles come from the registry (never from the token); a ``role`` claim narrows the token to
-one of them. On first start the server creates ``<data_dir>/admin.key`` (Ed25519, PKCS#8 PEM, mode
-0600) and registers it with role ``admin``.
+one of them. On first start (no admin key in the database) the server creates
+``<data_dir>/admin.key`` (Ed25519, PKCS#8 PEM, mode 0600) and registers its public key with role
+``admin``; the private key never leaves that file.
+
+Upgrade path: a ``<data_dir>/admin_keys.json`` registry of an earlier nacre is imported into the
+database on first start (keys not registered yet), then renamed ``admin_keys.json.migrated``.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from nacre.errors import UsageError
+from nacre.store import AdminKeyRecord, Store
 from nacre.token import jwk_thumbprint
 
 __all__ = [
@@ -59,7 +63,10 @@ Role = Literal["admin", "secret-writer", "key-user", "auditor"]
 ROLES: Final[tuple[str, ...]] = get_args(Role)
 ADMIN_AUDIENCE: Final = "nacre-admin"
 ADMIN_KEY_FILE: Final = "admin.key"
+#: The registry file of earlier versions, imported once and renamed with :data:`MIGRATED_SUFFIX`.
 ADMIN_REGISTRY_FILE: Final = "admin_keys.json"
+MIGRATED_SUFFIX: Final = ".migrated"
+_KID: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 _FORMAT: Final = "nacre.server.admin-keys/v1"
 _LEEWAY: Final = timedelta(seconds=60)
 #: Largest admin JWT accepted.
@@ -230,80 +237,42 @@ class AdminIdentity:
         return f"admin:{self.name}:{self.kid[:16]}"
 
 
+def _entry(record: AdminKeyRecord) -> AdminKey:
+    return AdminKey(
+        kid=record.kid,
+        name=record.name,
+        jwk=dict(record.jwk),
+        roles=record.roles,
+        created_at=record.created_at.isoformat(),
+    )
+
+
 def _deny(message: str, **kwargs: Any) -> AdminAuthError:
     return AdminAuthError(message, **kwargs)
 
 
 class AdminKeyRegistry:
-    """The registered admin keys, in one JSON file re-read whenever it changes on disk."""
+    """The registered admin keys: rows of the ``admin_keys`` table, so every replica sharing the
+    database sees a registration or revocation at its next request (no cache to go stale)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: tuple[int, int] | None = None
-        self._keys: dict[str, AdminKey] = {}
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def _read(self) -> dict[str, AdminKey]:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._stamp, self._keys = None, {}
-            return self._keys
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp:
-            return self._keys
-        doc = json.loads(self.path.read_text("utf-8"))
-        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-            raise UsageError(
-                "the admin key registry is damaged",
-                field=str(self.path),
-                expected=_FORMAT,
-                actual=str(doc.get("format") if isinstance(doc, dict) else type(doc).__name__),
-            )
-        keys = {
-            str(k["kid"]): AdminKey(
-                kid=str(k["kid"]),
-                name=str(k["name"]),
-                jwk={str(a): str(b) for a, b in k["jwk"].items()},
-                roles=tuple(str(r) for r in k["roles"]),
-                created_at=str(k["created_at"]),
-            )
-            for k in doc["keys"]
-        }
-        self._stamp, self._keys = stamp, keys
-        return keys
-
-    def _write(self, keys: Mapping[str, AdminKey]) -> None:
-        doc = {"format": _FORMAT, "keys": [k.to_json() for k in keys.values()]}
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(doc, handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def entries(self) -> list[AdminKey]:
-        return list(self._read().values())
+        return [_entry(r) for r in self.store.list_admin_keys()]
 
     def register(
-        self, public_jwk: Mapping[str, str], roles: tuple[str, ...], *, name: str, now: datetime
+        self,
+        public_jwk: Mapping[str, str],
+        roles: tuple[str, ...],
+        *,
+        name: str,
+        now: datetime,
+        actor: str,
+        event: str = "register",
     ) -> AdminKey:
-        """Add (or replace the roles of) a key; returns the stored entry."""
+        """Add (or replace the roles of) a key; returns the stored entry. Audited by the store
+        (``admin_key.register``) in the same transaction."""
         _public_key_from_jwk(public_jwk)  # refuses other key types
         bad = [r for r in roles if r not in ROLES]
         if not roles or bad:
@@ -321,29 +290,53 @@ class AdminKeyRegistry:
                 actual=name,
             )
         jwk = {k: str(public_jwk[k]) for k in ("kty", "crv", "x", "y") if k in public_jwk}
-        kid = jwk_thumbprint(jwk)
-        entry = AdminKey(kid, name, jwk, tuple(dict.fromkeys(roles)), now.isoformat())
-        with self._locked():
-            self._stamp = None
-            keys = dict(self._read())
-            if kid not in keys and len(keys) >= MAX_ADMIN_KEYS:
-                raise UsageError(
-                    "too many admin keys", field="keys", expected=f"<= {MAX_ADMIN_KEYS}"
-                )
-            keys[kid] = entry
-            self._write(keys)
-            self._stamp = None
-        return entry
+        record = self.store.put_admin_key(
+            jwk_thumbprint(jwk),
+            name,
+            jwk,
+            tuple(dict.fromkeys(roles)),
+            actor=actor,
+            max_keys=MAX_ADMIN_KEYS,
+            event=event,
+            now=now,
+        )
+        return _entry(record)
 
-    def remove(self, kid: str) -> bool:
-        with self._locked():
-            self._stamp = None
-            keys = dict(self._read())
-            found = keys.pop(kid, None) is not None
-            if found:
-                self._write(keys)
-            self._stamp = None
-        return found
+    def remove(self, kid: str, *, actor: str, now: datetime) -> bool:
+        """Revoke a key (audited ``admin_key.remove``); False when no such active key."""
+        if not isinstance(kid, str) or not _KID.fullmatch(kid):
+            return False
+        return self.store.revoke_admin_key(kid, actor=actor, now=now)
+
+    def migrate_file(self, data_dir: Path, now: datetime) -> int:
+        """Import ``<data_dir>/admin_keys.json`` (earlier versions' registry) into the database:
+        keys not registered yet are added (audited ``admin_key.migrate``), then the file is
+        renamed ``admin_keys.json.migrated``. Returns how many keys this call added."""
+        path = data_dir / ADMIN_REGISTRY_FILE
+        if not path.exists():
+            return 0
+        doc = json.loads(path.read_text("utf-8"))
+        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+            raise UsageError(
+                "the admin key registry is damaged",
+                field=str(path),
+                expected=_FORMAT,
+                actual=str(doc.get("format") if isinstance(doc, dict) else type(doc).__name__),
+            )
+        known = {r.kid for r in self.store.list_admin_keys(include_revoked=True)}
+        added = 0
+        for item in doc["keys"]:
+            jwk = {str(a): str(b) for a, b in item["jwk"].items()}
+            if jwk_thumbprint(jwk) in known:
+                continue
+            roles = tuple(str(r) for r in item["roles"])
+            self.register(
+                jwk, roles, name=str(item["name"]), now=now, actor="system", event="migrate"
+            )
+            added += 1
+        path.replace(path.with_name(path.name + MIGRATED_SUFFIX))
+        path.with_suffix(".lock").unlink(missing_ok=True)
+        return added
 
     def authenticate(self, token: str, now: datetime) -> AdminIdentity:
         """Verify an admin JWT (steps numbered as they run) and return who it is."""
@@ -372,7 +365,8 @@ class AdminKeyRegistry:
             )
         # 3. A registered key.
         kid = header.get("kid")
-        entry = self._read().get(kid) if isinstance(kid, str) else None
+        record = self.store.get_admin_key(kid) if isinstance(kid, str) else None
+        entry = None if record is None else _entry(record)
         if entry is None:
             raise _deny(
                 "admin token signed by an unregistered key",
@@ -453,26 +447,36 @@ class AdminKeyRegistry:
 def ensure_bootstrap_admin(
     data_dir: Path, registry: AdminKeyRegistry, now: datetime
 ) -> AdminKey | None:
-    """Create ``data_dir/admin.key`` and register it as admin when the registry is empty.
+    """Create ``data_dir/admin.key`` (0600) and register it as admin when no admin key is
+    registered in the database yet (of replicas starting together exactly one registers; a
+    replica that lost removes the key file it had just created).
 
     Returns the newly registered key, or None when an admin key was already registered.
     """
+    if registry.store.list_admin_keys():
+        return None
     path = data_dir / ADMIN_KEY_FILE
-    with registry._locked():
-        registry._stamp = None
-        if registry._read():
-            return None
-        if path.exists():
+    created = False
+    if path.exists():
+        key = load_admin_key(path)
+    else:
+        key = generate_admin_key()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
             key = load_admin_key(path)
         else:
-            key = generate_admin_key()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(_private_pem(key))
                 handle.flush()
                 os.fsync(handle.fileno())
-        jwk = public_jwk_of(key)
-        entry = AdminKey(jwk_thumbprint(jwk), "bootstrap", jwk, ("admin",), now.isoformat())
-        registry._write({entry.kid: entry})
-        registry._stamp = None
-    return entry
+            created = True
+    jwk = public_jwk_of(key)
+    record = registry.store.bootstrap_admin_key(
+        jwk_thumbprint(jwk), "bootstrap", jwk, ("admin",), now=now
+    )
+    if record is None:
+        if created:
+            path.unlink(missing_ok=True)
+        return None
+    return _entry(record)

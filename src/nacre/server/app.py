@@ -6,6 +6,7 @@ Endpoints (OpenAPI at ``/openapi.json``):
 - ``POST /attestation/v1/{tee}`` evidence -> EAR JWT
 - ``POST /kbs/v0/auth``, ``POST /kbs/v0/attest``, ``GET /kbs/v0/resource/{repo}/{type}/{tag}``
 - ``/admin/v1/...`` resources, policies, admin keys, audit (signed admin JWTs with roles)
+- ``/kms/v1/keys...`` HSM-like keys: management (admin JWT) and use (admin JWT or EAR token)
 
 No handshake state is kept in memory: sessions and their single-use nonces are rows in the
 database, the EAR keyring and the KEK are sealed files in the data directory, so any replica
@@ -31,6 +32,7 @@ from nacre.server.adminauth import AdminAuthError
 from nacre.server.attestation_api import attestation_router
 from nacre.server.config import ServerConfig
 from nacre.server.kbs import kbs_router
+from nacre.server.kms_api import kms_router
 from nacre.server.observe import BodyLimitMiddleware, log_event
 from nacre.server.problems import Problem, problem_response
 from nacre.server.service import NacreService
@@ -177,4 +179,5 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(attestation_router(svc))
     app.include_router(kbs_router(svc))
     app.include_router(admin_router(svc))
+    app.include_router(kms_router(svc))
     return app

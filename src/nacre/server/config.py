@@ -45,9 +45,16 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Everything :func:`nacre.server.create_app` needs. All state lives in the database and in
-    ``data_dir`` (sealed KEK, sealed EAR keyring, admin key registry), so replicas that share the
-    database and the data directory serve any request, including a handshake another began.
+    """Everything :func:`nacre.server.create_app` needs. All shared state lives in the database:
+    sessions and nonces, resources, policies, keys, the EAR signing keyring (envelope-encrypted
+    under the KEK) and the admin public keys. ``data_dir`` holds only the sealed KEK
+    (``kek.json``) and, on the replica that bootstrapped, the bootstrap admin private key
+    (``admin.key``, 0600). Replicas share the database and are each provisioned with the same
+    ``kek.json`` (copy it into each replica's data directory; it opens only under the same
+    sealing identity); they then serve any request, including a handshake another began. A
+    replica started with a different KEK refuses to start (``ENVELOPE_INVALID``: restore the
+    ``kek.json`` that belongs to this database). Files of earlier versions (``ear_keyring.bin``,
+    ``admin_keys.json``) are imported into the database on first start and renamed ``.migrated``.
 
     ``trust``: production roots (default: the pinned Intel/AMD roots). ``trust_sim``: also accept
     evidence chaining to ``sim_trust`` (a :meth:`TrustRoots.simulation` root); such results carry

@@ -1,104 +1,160 @@
-"""The EAR signing keyring of the service: persisted sealed, shared by replicas, rotated when due.
+"""The EAR signing keyring of the service: kept in the database, shared by replicas, rotated when due.
 
-The ring lives in ``<data_dir>/ear_keyring.bin`` (a :class:`nacre.token.FileKeyringStore`, 0600),
-its bytes sealed with the service's KEK sealer (the TEE's sealing; the simulator's on a laptop).
-Replicas sharing the data directory share the ring: creation and rotation happen under an
-exclusive file lock, and a replica that meets a ``kid`` it does not know reloads the file.
+The ring is one row of ``signing_keyrings`` (purpose ``ear``), serialised by
+:meth:`nacre.token.Keyring.dump` and envelope-encrypted by the store under its KEK, like every
+secret (the AAD binds the ciphertext to the purpose and version). Replicas that share the database
+(and the sealed KEK) share the ring:
+
+- Each replica caches the ring and checks the stored version at most every
+  :data:`REFRESH_INTERVAL` (one indexed read); it reloads at once when a token names a ``kid`` it
+  does not know, so a key another replica just rotated in verifies here at once.
+- Creation and rotation are compare-and-swap on the row's version: of replicas rotating together
+  exactly one wins; the others reload and use the winner's key.
+
+Upgrade path: a ``<data_dir>/ear_keyring.bin`` written by an earlier nacre (sealed with the KEK
+sealer) is imported on first start when the database has no ring yet, then renamed
+``ear_keyring.bin.migrated`` (kept for forensics, never read again). When the database already has
+a ring, the database wins and the file is renamed all the same.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import threading
-from collections.abc import Iterator
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from nacre.store import KekSealer
-from nacre.token import EarClaims, FileKeyringStore, Keyring, TokenError, verify_ear
+from nacre.store import ConflictError, KekSealer, Store
+from nacre.token import EarClaims, FileKeyringStore, Keyring, SigningKey, TokenError, verify_ear
 from nacre.token.errors import TOKEN_UNKNOWN_KEY
 
-__all__ = ["KEYRING_FILE", "ServiceKeyring"]
+__all__ = [
+    "KEYRING_FILE",
+    "KEYRING_PURPOSE",
+    "MIGRATED_SUFFIX",
+    "REFRESH_INTERVAL",
+    "ServiceKeyring",
+]
 
+#: The pre-database keyring file, imported once and renamed with :data:`MIGRATED_SUFFIX`.
 KEYRING_FILE: Final = "ear_keyring.bin"
-_AAD: Final = b"nacre.server.ear-keyring/v1"
+MIGRATED_SUFFIX: Final = ".migrated"
+KEYRING_PURPOSE: Final = "ear"
+#: Longest time a replica signs with its cached ring before checking the stored version.
+REFRESH_INTERVAL: Final = timedelta(seconds=5)
+#: Compare-and-swap attempts before a rotation gives up (each loss means another replica rotated).
+_CAS_ATTEMPTS: Final = 8
+_LEGACY_AAD: Final = b"nacre.server.ear-keyring/v1"
 
 
 class ServiceKeyring:
-    """The service's :class:`Keyring`, loaded once and reloaded only when the file changes."""
+    """The service's :class:`Keyring`, cached per replica and kept in step with the database."""
 
     def __init__(
         self,
-        data_dir: Path,
-        sealer: KekSealer,
+        store: Store,
         *,
         max_token_ttl: timedelta,
         key_lifetime: timedelta,
+        refresh_interval: timedelta = REFRESH_INTERVAL,
+        purpose: str = KEYRING_PURPOSE,
     ) -> None:
-        self._path = data_dir / KEYRING_FILE
-        self._store = FileKeyringStore(self._path)
-        self._sealer = sealer
+        self._store = store
+        self._purpose = purpose
         self._max_token_ttl = max_token_ttl
         self._key_lifetime = key_lifetime
+        self.refresh_interval = refresh_interval
         self._lock = threading.Lock()
         self._ring: Keyring | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._version = 0
+        self._checked = 0.0  # time.monotonic() of the last version check
 
-    def _wrap(self, data: bytes) -> bytes:
-        return self._sealer.seal(data, policy="mrsigner", aad=_AAD)
+    @property
+    def version(self) -> int:
+        """The stored version this replica's cached ring came from (0: none loaded)."""
+        return self._version
 
-    def _unwrap(self, data: bytes) -> bytes:
-        return self._sealer.unseal(data, aad=_AAD)
+    # -- loading -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self._path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def _file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = self._path.stat()
-        except FileNotFoundError:
+    def _load_locked(self) -> Keyring | None:
+        loaded = self._store.load_keyring(self._purpose, Keyring.loads)
+        self._checked = time.monotonic()
+        if loaded is None:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        self._ring, self._version = loaded
+        return self._ring
 
-    def _reload_locked(self) -> Keyring | None:
-        ring = Keyring.load(self._store, self._unwrap)
-        self._stamp = self._file_stamp()
-        if ring is not None:
-            self._ring = ring
-        return ring
+    def _fresh_locked(self) -> bool:
+        """True when the cache is known current (checked within the refresh interval, or the
+        stored version has not moved); reloads otherwise."""
+        if self._ring is None:
+            return self._load_locked() is not None
+        if time.monotonic() - self._checked < self.refresh_interval.total_seconds():
+            return True
+        stored = self._store.keyring_version(self._purpose)
+        self._checked = time.monotonic()
+        if stored != self._version:
+            self._load_locked()
+        return True
+
+    def _save_locked(
+        self, ring: Keyring, expected: int, *, event: str, actor: str, now: datetime
+    ) -> None:
+        """CAS-save ``ring`` over version ``expected``; raises ConflictError when another won."""
+        version = self._store.save_keyring(
+            self._purpose,
+            ring.dump,
+            expected_version=expected,
+            event=event,
+            actor=actor,
+            detail={"current_kid": ring.current().kid, "kids": len(ring.signing_keys())},
+            now=now,
+        )
+        self._ring, self._version, self._checked = ring, version, time.monotonic()
+
+    def _copy_locked(self) -> tuple[Keyring, int]:
+        """A private copy of the stored ring to mutate, with its version (the cache stays intact
+        when the compare-and-swap fails)."""
+        loaded = self._store.load_keyring(self._purpose, Keyring.loads)
+        if loaded is None:
+            raise ConflictError("the signing keyring vanished", code="KEYRING_CONFLICT")
+        return loaded
 
     def _ensure(self, now: datetime) -> Keyring:
-        """The ring, loaded or created, rotated when its current key may no longer sign."""
+        """The ring, loaded or created, rotated (compare-and-swap) when its key may not sign."""
         with self._lock:
-            ring = self._ring
-            if ring is None or self._file_stamp() != self._stamp:
-                with self._file_lock():
-                    ring = self._reload_locked()
+            for _ in range(_CAS_ATTEMPTS):
+                self._fresh_locked()
+                ring = self._ring
+                try:
                     if ring is None:
                         ring = Keyring.generate(
                             now, max_token_ttl=self._max_token_ttl, key_lifetime=self._key_lifetime
                         )
-                        ring.save(self._store, self._wrap)
-                        self._ring, self._stamp = ring, self._file_stamp()
-            if ring.rotation_due(now):
-                with self._file_lock():
-                    ring = self._reload_locked() or ring
-                    if ring.rotation_due(now):
-                        ring.rotate(now)
-                        ring.save(self._store, self._wrap)
-                        self._ring, self._stamp = ring, self._file_stamp()
-            return ring
+                        self._save_locked(ring, 0, event="create", actor="system", now=now)
+                        return ring
+                    if not ring.rotation_due(now):
+                        return ring
+                    ring, version = self._copy_locked()
+                    if not ring.rotation_due(now):
+                        self._ring, self._version, self._checked = ring, version, time.monotonic()
+                        return ring
+                    ring.rotate(now)
+                    self._save_locked(ring, version, event="rotate", actor="system", now=now)
+                    return ring
+                except ConflictError as exc:
+                    if exc.code != "KEYRING_CONFLICT":
+                        raise
+                    self._load_locked()  # another replica won: use its ring
+            raise ConflictError(
+                "the signing keyring kept changing under this replica",
+                code="KEYRING_CONFLICT",
+                field="version",
+                hint="retry",
+            )
+
+    # -- use -------------------------------------------------------------------------------------
 
     def signing_ring(self, now: datetime) -> Keyring:
         """The ring to sign with at ``now`` (rotated first if due)."""
@@ -116,8 +172,52 @@ class ServiceKeyring:
             if exc.code != TOKEN_UNKNOWN_KEY:
                 raise
             with self._lock:
-                if self._file_stamp() == self._stamp:
+                if self._store.keyring_version(self._purpose) == self._version:
                     raise
-                with self._file_lock():
-                    ring = self._reload_locked() or ring
+                ring = self._load_locked() or ring
             return verify_ear(token, ring, now)
+
+    def rotate(self, now: datetime, *, actor: str) -> tuple[SigningKey, bool]:
+        """Rotate now: a new current key (the old one stays published until its tokens expire).
+
+        Returns the current key and whether this call rotated it: when another replica saved a
+        rotation first (compare-and-swap lost), its key is returned with False.
+        """
+        self._ensure(now)
+        with self._lock:
+            ring, version = self._copy_locked()
+            ring.rotate(now)
+            try:
+                self._save_locked(ring, version, event="rotate", actor=actor, now=now)
+            except ConflictError as exc:
+                if exc.code != "KEYRING_CONFLICT":
+                    raise
+                reloaded = self._load_locked()
+                assert reloaded is not None
+                return reloaded.current(), False
+            return ring.current(), True
+
+    # -- upgrade from the file of earlier versions -----------------------------------------------
+
+    def migrate_file(self, data_dir: Path, sealer: KekSealer, now: datetime) -> bool:
+        """Import ``<data_dir>/ear_keyring.bin`` when the database has no ring yet; the file is
+        then renamed ``.migrated`` either way. Returns True when this call imported it."""
+        path = data_dir / KEYRING_FILE
+        if not path.exists():
+            return False
+        legacy = Keyring.load(
+            FileKeyringStore(path), lambda blob: sealer.unseal(blob, aad=_LEGACY_AAD)
+        )
+        imported = False
+        with self._lock:
+            if legacy is not None and self._load_locked() is None:
+                try:
+                    self._save_locked(legacy, 0, event="migrate", actor="system", now=now)
+                    imported = True
+                except ConflictError as exc:
+                    if exc.code != "KEYRING_CONFLICT":
+                        raise
+                    self._load_locked()
+        path.replace(path.with_name(path.name + MIGRATED_SUFFIX))
+        path.with_suffix(".lock").unlink(missing_ok=True)
+        return imported

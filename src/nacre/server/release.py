@@ -8,6 +8,7 @@ or a document (YAML or JSON) naming each rule, so a denial names the rule that f
 
     version: 1
     allow_warning: false          # release to "warning" tokens too (default: affirming only)
+    admin_use: false              # KMS only (principals may use a key guarded by this policy)
     rules:
       - name: enclave
         expr: claims.mrenclave == "3b56..."
@@ -55,7 +56,9 @@ __all__ = [
 #: Rules in one release policy.
 MAX_RELEASE_RULES: Final = 64
 _TEES: Final = ("sgx", "tdx", "snp")
-_KEYS: Final = ("version", "name", "allow_warning", "rules")
+#: ``admin_use`` is a KMS member (principals may use a key, :mod:`nacre.kms.policy`); the same
+#: document may guard a resource and a key, so it is accepted here and has no effect on release.
+_KEYS: Final = ("version", "name", "allow_warning", "admin_use", "rules")
 _RULE_KEYS: Final = ("name", "expr", "message")
 
 
@@ -143,6 +146,9 @@ def parse_release_policy(text: str) -> ReleasePolicy:
     allow_warning = doc.get("allow_warning", False)
     if not isinstance(allow_warning, bool):
         raise _bad("allow_warning is a boolean", "allow_warning", "true or false", allow_warning)
+    admin_use = doc.get("admin_use", False)
+    if not isinstance(admin_use, bool):
+        raise _bad("admin_use is a boolean", "admin_use", "true or false", admin_use)
     raw_rules = doc.get("rules", [])
     if not isinstance(raw_rules, list) or len(raw_rules) > MAX_RELEASE_RULES:
         raise _bad(

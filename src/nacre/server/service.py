@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from fastapi.security import HTTPBearer
 
-from nacre.server.adminauth import ADMIN_REGISTRY_FILE, AdminKeyRegistry, ensure_bootstrap_admin
+from nacre.server.adminauth import AdminKeyRegistry, ensure_bootstrap_admin
 from nacre.server.attest import Appraised, Attester
 from nacre.server.config import ServerConfig
 from nacre.server.keys import ServiceKeyring
@@ -54,7 +54,13 @@ def b64decode(text: str, field: str, *, kbs: bool = False) -> bytes:
 
 
 class NacreService:
-    """The state of one app instance: handles to shared state, and caches of derived values."""
+    """The state of one app instance: handles to shared state, and caches of derived values.
+
+    Everything another replica needs lives in the database: sessions and nonces, resources,
+    policies, keys, the EAR signing keyring (envelope-encrypted) and the admin keys. The data
+    directory holds only this replica's sealed KEK (``kek.json``: provision the same one on every
+    replica) and, on the replica that bootstrapped, the bootstrap admin private key.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -64,27 +70,21 @@ class NacreService:
         )
         try:
             self.metrics = Metrics()
+            now = self.now()
             self.keyring = ServiceKeyring(
-                config.data_dir,
-                config.sealer,
+                self.store,
                 max_token_ttl=config.token_ttl,
                 key_lifetime=config.signing_key_lifetime,
             )
-            self.keyring.signing_ring(self.now())  # load, create or rotate on startup
+            self.registry = AdminKeyRegistry(self.store)
+            # Upgrade path: state earlier versions kept in files moves into the database once.
+            self.keyring.migrate_file(config.data_dir, config.sealer, now)
+            self.registry.migrate_file(config.data_dir, now)
+            self.keyring.signing_ring(now)  # load, create or rotate on startup
             self.attester = Attester(config, self.store)
-            self.registry = AdminKeyRegistry(config.data_dir / ADMIN_REGISTRY_FILE)
             self.bootstrap_key = None
             if config.bootstrap_admin:
-                entry = ensure_bootstrap_admin(config.data_dir, self.registry, self.now())
-                if entry is not None:
-                    self.bootstrap_key = entry
-                    self.store.record(
-                        actor="system",
-                        action="admin_key.register",
-                        target=entry.kid,
-                        outcome="ok",
-                        detail={"name": entry.name, "roles": list(entry.roles)},
-                    )
+                self.bootstrap_key = ensure_bootstrap_admin(config.data_dir, self.registry, now)
         except BaseException:
             self.store.close()
             raise

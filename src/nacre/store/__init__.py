@@ -2,7 +2,9 @@
 
 - :func:`open_store` connects, runs the Alembic migrations (``upgrade head``) and unseals the KEKs.
 - :class:`Store` holds resources (versioned, envelope-encrypted), policies, KMS keys and their
-  versions under the key lifecycle, KBS sessions with single-use nonces, and the audit log.
+  versions under the key lifecycle, KBS sessions with single-use nonces, the server's signing
+  keyrings (envelope-encrypted, compare-and-swap on their version) and admin public keys, and the
+  audit log: everything replicas share.
 - :mod:`nacre.store.envelope`: data key per secret/key version, wrapped by a KEK sealed to the TEE.
 - :mod:`nacre.store.audit`: the hash chain and :func:`verify_chain`.
 """
@@ -31,6 +33,7 @@ from nacre.store.errors import (
     StoreError,
 )
 from nacre.store.models import (
+    AdminKeyRecord,
     KeyInfo,
     KeyState,
     KeyType,
@@ -49,6 +52,7 @@ __all__ = [
     "MAX_KEY_MATERIAL_BYTES",
     "MAX_POLICY_BYTES",
     "MAX_RESOURCE_BYTES",
+    "AdminKeyRecord",
     "AuditEntry",
     "ChainReport",
     "ConflictError",

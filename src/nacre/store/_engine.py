@@ -26,7 +26,7 @@ __all__ = [
 
 #: How long a SQLite writer waits for the write lock before failing.
 BUSY_TIMEOUT_MS: Final = 30_000
-SCHEMA_HEAD: Final = "0001_initial"
+SCHEMA_HEAD: Final = "0002_server_state"
 #: pg_advisory_xact_lock key serializing concurrent migrations of replicas ("nacre" + 1).
 _MIGRATION_LOCK: Final = 0x6E61637265_01
 

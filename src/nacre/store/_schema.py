@@ -36,6 +36,7 @@ __all__ = [
     "KEY_TYPES",
     "POLICY_KINDS",
     "UtcDateTime",
+    "admin_keys",
     "audit",
     "audit_head",
     "key_versions",
@@ -46,6 +47,7 @@ __all__ = [
     "resource_versions",
     "resources",
     "sessions",
+    "signing_keyrings",
 ]
 
 POLICY_KINDS = ("resource", "appraisal")
@@ -223,4 +225,33 @@ audit_head = Table(
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
     CheckConstraint("id = 1", name="single_row"),
+)
+
+#: The service's own signing keyrings (one row per purpose, e.g. ``ear``): the serialised ring,
+#: envelope-encrypted like every secret (AAD names the purpose and version). ``version`` goes up by
+#: one per save: a writer saves only over the version it read (compare-and-swap).
+signing_keyrings = Table(
+    "signing_keyrings",
+    metadata,
+    Column("purpose", String(32), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("kek_id", String(32), nullable=False),
+    Column("nonce", LargeBinary, nullable=False),
+    Column("aad", LargeBinary, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint("version >= 1", name="version"),
+)
+
+#: Admin public keys (``kid``: RFC 7638 thumbprint of ``jwk``); a revoked key keeps its row.
+admin_keys = Table(
+    "admin_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("jwk", Text, nullable=False),
+    Column("roles", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),
 )

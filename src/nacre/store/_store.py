@@ -7,16 +7,17 @@ and checks its input before it opens one, so bad input never reaches the databas
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -41,8 +42,15 @@ from nacre.store.envelope import (
     rewrap,
     seal_envelope,
 )
-from nacre.store.errors import ConflictError, LifecycleError, NonceError, NotFoundError
+from nacre.store.errors import (
+    ConflictError,
+    EnvelopeError,
+    LifecycleError,
+    NonceError,
+    NotFoundError,
+)
 from nacre.store.models import (
+    AdminKeyRecord,
     KeyInfo,
     KeyState,
     KeyType,
@@ -64,6 +72,7 @@ __all__ = [
     "MAX_POLICY_BYTES",
     "MAX_RESOURCE_BYTES",
     "MAX_SESSION_FIELD_BYTES",
+    "MAX_SIGNING_KEYRING_BYTES",
     "Store",
     "SweepResult",
     "default_url",
@@ -83,6 +92,17 @@ DELETION_WAIT_MAX_DAYS: Final = 30
 MAX_SESSION_FIELD_BYTES: Final = 64 * 1024
 #: Longest session a caller may ask for.
 MAX_SESSION_TTL: Final = timedelta(hours=24)
+#: Largest serialised signing keyring (``nacre.token.keyring.MAX_KEYRING_BYTES`` too).
+MAX_SIGNING_KEYRING_BYTES: Final = 1024 * 1024
+#: Largest public JWK of an admin key (Ed25519 or P-256: ~150 bytes).
+MAX_ADMIN_JWK_BYTES: Final = 2048
+
+_T = TypeVar("_T")
+_PURPOSE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+_ADMIN_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_KID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: pg_advisory_xact_lock key serialising the bootstrap of the first admin key ("nacre" + 2).
+_BOOTSTRAP_LOCK: Final = 0x6E61637265_02
 
 _ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _NONCE: Final = re.compile(r"[A-Za-z0-9_\-+/=]{16,128}")
@@ -198,6 +218,51 @@ def _session(row: Row[Any], nonce: str) -> Session:
         expires_at=row.expires_at,
         tee_pubkey=None if row.tee_pubkey is None else str(row.tee_pubkey),
         token=None if row.token is None else str(row.token),
+    )
+
+
+def _admin_key(row: Row[Any]) -> AdminKeyRecord:
+    jwk = json.loads(str(row.jwk))
+    return AdminKeyRecord(
+        kid=str(row.kid),
+        name=str(row.name),
+        jwk={str(k): str(v) for k, v in jwk.items()},
+        roles=tuple(str(r) for r in json.loads(str(row.roles))),
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _check_purpose(purpose: str) -> str:
+    if not isinstance(purpose, str) or not _PURPOSE.fullmatch(purpose):
+        raise UsageError(
+            "invalid keyring purpose",
+            field="purpose",
+            expected="1-32 of [a-z0-9._-], e.g. ear",
+            actual=repr(purpose)[:80],
+        )
+    return purpose
+
+
+def _check_kid(kid: str) -> str:
+    if not isinstance(kid, str) or not _KID.fullmatch(kid):
+        raise UsageError(
+            "invalid admin key id",
+            field="kid",
+            expected="an RFC 7638 thumbprint (base64url)",
+            actual=repr(kid)[:80],
+        )
+    return kid
+
+
+def _keyring_conflict(purpose: str, expected_version: int) -> ConflictError:
+    return ConflictError(
+        "another replica saved the signing keyring first",
+        code="KEYRING_CONFLICT",
+        field="version",
+        expected=f"stored version {expected_version}",
+        actual=f"{purpose}: changed by another writer",
+        hint="reload the keyring and retry",
     )
 
 
@@ -1098,6 +1163,275 @@ class Store:
             s = conn.execute(delete(t.sessions).where(t.sessions.c.expires_at <= at)).rowcount
         return SweepResult(sessions=int(s), nonces=int(n))
 
+    # -- signing keyrings (server state shared by replicas) ------------------------------------
+
+    def keyring_version(self, purpose: str) -> int:
+        """The stored version of the ``purpose`` keyring (0: none saved yet). A cheap freshness
+        check: reload with :meth:`load_keyring` only when it moved."""
+        _check_purpose(purpose)
+        sk = t.signing_keyrings
+        with self._read() as conn:
+            version = conn.execute(
+                select(sk.c.version).where(sk.c.purpose == purpose)
+            ).scalar_one_or_none()
+        return 0 if version is None else int(version)
+
+    def load_keyring(
+        self, purpose: str, loads: Callable[[bytes, Callable[[bytes], bytes]], _T]
+    ) -> tuple[_T, int] | None:
+        """The stored ``purpose`` keyring as ``loads(wrapped, unwrap)`` makes it (e.g.
+        ``nacre.token.Keyring.loads``), with its version; None when none was saved yet. ``unwrap``
+        opens the row's envelope (bound to purpose and version), and nothing else."""
+        _check_purpose(purpose)
+        ring = self.kek_ring
+        sk = t.signing_keyrings
+        with self._read() as conn:
+            row = conn.execute(select(sk).where(sk.c.purpose == purpose)).one_or_none()
+        if row is None:
+            return None
+        version = int(row.version)
+        env = _envelope(row)
+        aad = envelope_aad("signing_keyrings", purpose, version)
+
+        def unwrap(data: bytes) -> bytes:
+            if data != env.ciphertext:
+                raise EnvelopeError(
+                    "unwrap was handed bytes other than the stored keyring",
+                    field="keyring",
+                    expected="the ciphertext load_keyring passed",
+                    actual=f"{len(data)} bytes",
+                )
+            return open_envelope(ring, env, aad)
+
+        return loads(env.ciphertext, unwrap), version
+
+    def save_keyring(
+        self,
+        purpose: str,
+        dump: Callable[[Callable[[bytes], bytes]], bytes],
+        *,
+        expected_version: int,
+        event: str,
+        actor: str,
+        detail: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """Save the ``purpose`` keyring over ``expected_version`` (0: none yet) and return the new
+        version, which is one more. ``dump(wrap)`` (e.g. ``Keyring.dump``) serialises the ring and
+        passes it through ``wrap``, which envelope-encrypts it for this row.
+
+        Compare-and-swap: when another writer saved first (the stored version is no longer
+        ``expected_version``), nothing is written and :class:`ConflictError` (code
+        ``KEYRING_CONFLICT``) is raised: reload and retry. The audit entry (action
+        ``signing_keyring.<event>``) names the purpose and version, never key material.
+        """
+        _check_purpose(purpose)
+        _check_actor(actor)
+        if not isinstance(event, str) or not re.fullmatch(r"[a-z_]{1,32}", event):
+            raise UsageError("invalid keyring event", field="event", expected="e.g. rotate")
+        if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+            raise UsageError("a keyring version is an int", field="expected_version")
+        if expected_version < 0:
+            raise UsageError("a keyring version is >= 0", field="expected_version")
+        ring = self.kek_ring
+        at = _now(now)
+        version = expected_version + 1
+        aad = envelope_aad("signing_keyrings", purpose, version)
+        sealed: list[Envelope] = []
+
+        def wrap(clear: bytes) -> bytes:
+            _check_size("signing keyring", clear, MAX_SIGNING_KEYRING_BYTES)
+            env = seal_envelope(ring, clear, aad)
+            sealed.append(env)
+            return env.ciphertext
+
+        wrapped = dump(wrap)
+        if len(sealed) != 1 or wrapped != sealed[0].ciphertext:
+            raise UsageError(
+                "dump must pass the keyring through wrap exactly once and return its result",
+                field="dump",
+                expected="one wrap call",
+                actual=f"{len(sealed)} calls",
+            )
+        values = {**_envelope_values(sealed[0]), "version": version, "updated_at": at}
+        sk = t.signing_keyrings
+        try:
+            with self._tx() as conn:
+                if expected_version == 0:
+                    conn.execute(sk.insert().values(purpose=purpose, **values))
+                else:
+                    result = conn.execute(
+                        update(sk)
+                        .where(sk.c.purpose == purpose, sk.c.version == expected_version)
+                        .values(**values)
+                    )
+                    if result.rowcount != 1:
+                        raise _keyring_conflict(purpose, expected_version)
+                append_entry(
+                    conn,
+                    actor=actor,
+                    action=f"signing_keyring.{event}",
+                    target=purpose,
+                    outcome="ok",
+                    detail={**(detail or {}), "version": version},
+                    now=at,
+                )
+        except ConflictError as exc:
+            if exc.code == "KEYRING_CONFLICT":
+                raise
+            raise _keyring_conflict(purpose, expected_version) from exc
+        return version
+
+    # -- admin keys (server state shared by replicas) ----------------------------------------
+
+    @staticmethod
+    def _admin_key_values(
+        kid: str, name: str, jwk: Mapping[str, str], roles: Sequence[str]
+    ) -> dict[str, Any]:
+        _check_kid(kid)
+        if not isinstance(name, str) or not _ADMIN_NAME.fullmatch(name):
+            raise UsageError(
+                "invalid admin key name",
+                field="name",
+                expected="1-64 of [A-Za-z0-9_-]",
+                actual=name,
+            )
+        jwk_text = json.dumps(dict(jwk), separators=(",", ":"), sort_keys=True)
+        _check_size("admin key jwk", jwk_text.encode("utf-8"), MAX_ADMIN_JWK_BYTES)
+        if not roles or not all(isinstance(r, str) and 0 < len(r) <= 32 for r in roles):
+            raise UsageError("admin key roles", field="roles", expected="1+ role names")
+        roles_text = json.dumps(list(dict.fromkeys(roles)))
+        return {"kid": kid, "name": name, "jwk": jwk_text, "roles": roles_text}
+
+    def put_admin_key(
+        self,
+        kid: str,
+        name: str,
+        jwk: Mapping[str, str],
+        roles: Sequence[str],
+        *,
+        actor: str,
+        max_keys: int,
+        event: str = "register",
+        now: datetime | None = None,
+    ) -> AdminKeyRecord:
+        """Register an admin public key, or replace the name and roles of a registered (or
+        revoked: it is active again) one. At most ``max_keys`` active keys. The caller checked
+        that ``kid`` is the thumbprint of ``jwk``. Audit: ``admin_key.<event>``."""
+        values = self._admin_key_values(kid, name, jwk, roles)
+        _check_actor(actor)
+        at = _now(now)
+        ak = t.admin_keys
+        with self._tx() as conn:
+            row = conn.execute(select(ak).where(ak.c.kid == kid).with_for_update()).one_or_none()
+            if row is None or row.revoked_at is not None:
+                active = conn.execute(
+                    select(func.count()).select_from(ak).where(ak.c.revoked_at.is_(None))
+                ).scalar_one()
+                if int(active) >= max_keys:
+                    raise UsageError(
+                        "too many admin keys", field="keys", expected=f"<= {max_keys} active"
+                    )
+            if row is None:
+                conn.execute(ak.insert().values(**values, created_at=at, revoked_at=None))
+            else:
+                conn.execute(
+                    update(ak)
+                    .where(ak.c.kid == kid)
+                    .values(name=values["name"], roles=values["roles"], revoked_at=None)
+                )
+            stored = _admin_key(conn.execute(select(ak).where(ak.c.kid == kid)).one())
+            append_entry(
+                conn,
+                actor=actor,
+                action=f"admin_key.{event}",
+                target=kid,
+                outcome="ok",
+                detail={"name": stored.name, "roles": list(stored.roles)},
+                now=at,
+            )
+            return stored
+
+    def bootstrap_admin_key(
+        self,
+        kid: str,
+        name: str,
+        jwk: Mapping[str, str],
+        roles: Sequence[str],
+        *,
+        actor: str = "system",
+        now: datetime | None = None,
+    ) -> AdminKeyRecord | None:
+        """Register the first admin key, only while no active admin key exists (replicas
+        starting together: exactly one registers). Returns it, or None when one existed."""
+        values = self._admin_key_values(kid, name, jwk, roles)
+        _check_actor(actor)
+        at = _now(now)
+        ak = t.admin_keys
+        with self._tx() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _BOOTSTRAP_LOCK})
+            active = conn.execute(
+                select(func.count()).select_from(ak).where(ak.c.revoked_at.is_(None))
+            ).scalar_one()
+            if int(active):
+                return None
+            conn.execute(delete(ak).where(ak.c.kid == kid))
+            conn.execute(ak.insert().values(**values, created_at=at, revoked_at=None))
+            append_entry(
+                conn,
+                actor=actor,
+                action="admin_key.register",
+                target=kid,
+                outcome="ok",
+                detail={"name": name, "roles": list(dict.fromkeys(roles)), "bootstrap": True},
+                now=at,
+            )
+            return _admin_key(conn.execute(select(ak).where(ak.c.kid == kid)).one())
+
+    def get_admin_key(self, kid: str) -> AdminKeyRecord | None:
+        """The key ``kid`` if registered and not revoked."""
+        if not isinstance(kid, str) or not _KID.fullmatch(kid):
+            return None
+        ak = t.admin_keys
+        with self._read() as conn:
+            row = conn.execute(
+                select(ak).where(ak.c.kid == kid, ak.c.revoked_at.is_(None))
+            ).one_or_none()
+        return None if row is None else _admin_key(row)
+
+    def list_admin_keys(self, *, include_revoked: bool = False) -> list[AdminKeyRecord]:
+        ak = t.admin_keys
+        query = select(ak).order_by(ak.c.created_at, ak.c.kid)
+        if not include_revoked:
+            query = query.where(ak.c.revoked_at.is_(None))
+        with self._read() as conn:
+            return [_admin_key(r) for r in conn.execute(query).all()]
+
+    def revoke_admin_key(self, kid: str, *, actor: str, now: datetime | None = None) -> bool:
+        """Revoke an active admin key (its row stays, with ``revoked_at``); False if none.
+        Audit: ``admin_key.remove``."""
+        _check_kid(kid)
+        _check_actor(actor)
+        at = _now(now)
+        ak = t.admin_keys
+        with self._tx() as conn:
+            result = conn.execute(
+                update(ak).where(ak.c.kid == kid, ak.c.revoked_at.is_(None)).values(revoked_at=at)
+            )
+            if result.rowcount != 1:
+                return False
+            append_entry(
+                conn,
+                actor=actor,
+                action="admin_key.remove",
+                target=kid,
+                outcome="ok",
+                detail={},
+                now=at,
+            )
+        return True
+
     # -- KEK maintenance ---------------------------------------------------------------------
 
     def rewrap_all(self, *, batch: int = 500) -> int:
@@ -1108,6 +1442,7 @@ class Store:
         for table, keycols in (
             (t.resource_versions, ("resource_id", "version")),
             (t.key_versions, ("key_id", "version")),
+            (t.signing_keyrings, ("purpose",)),
         ):
             while True:
                 with self._tx() as conn:
@@ -1133,7 +1468,7 @@ class Store:
         """Rows per KEK id (a KEK with no rows may be retired)."""
         usage: dict[str, int] = dict.fromkeys(self.kek_ring.ids, 0)
         with self._read() as conn:
-            for table in (t.resource_versions, t.key_versions):
+            for table in (t.resource_versions, t.key_versions, t.signing_keyrings):
                 rows = conn.execute(
                     select(table.c.kek_id, func.count())
                     .where(table.c.kek_id.is_not(None))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -10,6 +11,7 @@ from typing import Any, Final, Literal
 from nacre.errors import UsageError
 
 __all__ = [
+    "AdminKeyRecord",
     "KeyInfo",
     "KeyState",
     "KeyType",
@@ -143,3 +145,15 @@ class Session:
     expires_at: datetime
     tee_pubkey: str | None
     token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminKeyRecord:
+    """A registered admin public key (``kid``: RFC 7638 thumbprint of ``jwk``)."""
+
+    kid: str
+    name: str
+    jwk: Mapping[str, str]
+    roles: tuple[str, ...]
+    created_at: datetime
+    revoked_at: datetime | None

@@ -233,7 +233,15 @@ def _verify_chain(
 
 
 #: What `cryptography` raises when it decodes a damaged field lazily.
-_DECODE_ERRORS = (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.InvalidVersion)
+#: TypeError included: building a Name from a damaged attribute raises it (e.g. a BIT STRING value
+#: under an OID other than x500UniqueIdentifier).
+_DECODE_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.DuplicateExtension,
+    x509.InvalidVersion,
+)
 
 
 def _undecodable(what: str, exc: Exception) -> CollateralError:
