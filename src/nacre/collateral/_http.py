@@ -18,7 +18,6 @@ Redirects are not followed: PCS, PCCS and KDS answer directly, and a redirect is
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import time
 import urllib.parse
@@ -39,6 +38,7 @@ from nacre.limits import (
     MAX_FETCH_BYTES,
     MAX_PEM_CHAIN_BYTES,
 )
+from nacre.urls import check_service_url
 
 __all__ = [
     "Fetched",
@@ -79,35 +79,14 @@ class Fetched:
     issuer_chain: bytes | None
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_url(url: str, *, field: str) -> str:
     """``url`` if it is https (or http to loopback), with a host and no credentials; else UsageError."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    problem = None
-    if parts.scheme not in ("https", "http") or not host:
-        problem = "an https:// URL with a host"
-    elif parts.scheme == "http" and not _is_loopback(host):
-        problem = "https:// (plain http:// is accepted only for a loopback host)"
-    elif parts.username is not None or parts.password is not None:
-        problem = "a URL without user:password@ credentials"
-    if problem is not None:
-        raise UsageError(
-            f"{field} must be {problem}",
-            field=field,
-            expected=problem,
-            actual=url,
-            hint="for example https://api.trustedservices.intel.com or https://pccs.example:8081",
-        )
-    return url
+    return check_service_url(
+        url,
+        field=field,
+        subject=field,
+        hint="for example https://api.trustedservices.intel.com or https://pccs.example:8081",
+    )
 
 
 def decode_chain_header(value: str, *, header: str, url: str) -> bytes:

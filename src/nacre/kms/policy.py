@@ -40,15 +40,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-import yaml
-
-from nacre.appraisal.cel import (
-    CelCompileError,
-    CelEvaluationError,
-    CelProgram,
-    compile_expr,
-    evaluate_bool,
-)
+from nacre.appraisal.cel import CelEvaluationError, evaluate_bool
+from nacre.appraisal.rules import MAX_RULES, NamedRule, parse_rule_document
 from nacre.errors import UsageError
 from nacre.kms.errors import AccessDeniedError
 from nacre.token.ear import DEFAULT_SUBMOD, EarAppraisal, EarClaims
@@ -80,9 +73,7 @@ KEY_POLICY_VARIABLES: Final = (
     "trust_vector",
 )
 #: Rules in one key policy.
-MAX_KEY_POLICY_RULES: Final = 64
-_POLICY_KEYS: Final = ("version", "name", "allow_warning", "admin_use", "rules")
-_RULE_KEYS: Final = ("name", "expr", "message")
+MAX_KEY_POLICY_RULES: Final = MAX_RULES
 _NOT_TEE: Final = frozenset({"runtime_data_claims", "init_data_claims"})
 
 
@@ -135,11 +126,8 @@ class Caller:
         return self.ear is not None
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRule:
-    name: str
-    program: CelProgram
-    message: str
+#: One named CEL rule (the format is shared with KBS release policies).
+KeyRule = NamedRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,85 +141,12 @@ class KeyPolicy:
     admin_use: bool
 
 
-def _bad(message: str, field: str, expected: str, actual: object) -> UsageError:
-    return UsageError(message, code="POLICY_INVALID", field=field, expected=expected, actual=actual)
-
-
-def _compile(expr: object, field: str) -> CelProgram:
-    if not isinstance(expr, str) or not expr.strip():
-        raise _bad(
-            "a rule needs a CEL expression", field, "a non-empty string", type(expr).__name__
-        )
-    try:
-        return compile_expr(expr)
-    except CelCompileError as exc:
-        raise _bad(
-            f"key policy rule does not compile: {exc.message}",
-            field,
-            "a CEL expression",
-            expr[:200],
-        ) from None
-
-
-def _flag(doc: Mapping[str, Any], name: str) -> bool:
-    value = doc.get(name, False)
-    if not isinstance(value, bool):
-        raise _bad(f"{name} is a boolean", f"policy.{name}", "true or false", value)
-    return value
-
-
 def parse_key_policy(policy_id: str, version: int, document: str) -> KeyPolicy:
     """Compile a key policy document (a bare CEL expression or a mapping, as above)."""
-    try:
-        doc = yaml.safe_load(document)
-    except yaml.YAMLError:
-        doc = document  # not YAML at all: maybe a CEL expression with YAML-hostile characters
-    if isinstance(doc, str) or doc is None:
-        rule = KeyRule("expr", _compile(document.strip(), "policy.rule"), "")
-        return KeyPolicy(policy_id, version, (rule,), False, False)
-    if not isinstance(doc, dict):
-        raise _bad(
-            "a key policy is a CEL expression or a mapping", "policy", "mapping", type(doc).__name__
-        )
-    unknown = sorted(str(k) for k in doc if k not in _POLICY_KEYS)
-    if unknown:
-        raise _bad(
-            "unknown key policy member", f"policy.{unknown[0]}", ", ".join(_POLICY_KEYS), unknown[0]
-        )
-    if doc.get("version", 1) != 1:
-        raise _bad("unsupported key policy version", "policy.version", "1", doc.get("version"))
-    raw_rules = doc.get("rules", [])
-    if not isinstance(raw_rules, list) or len(raw_rules) > MAX_KEY_POLICY_RULES:
-        raise _bad(
-            "rules is a list",
-            "policy.rules",
-            f"a list of <= {MAX_KEY_POLICY_RULES} rules",
-            type(raw_rules).__name__,
-        )
-    rules: list[KeyRule] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(raw_rules):
-        where = f"policy.rules[{i}]"
-        if not isinstance(raw, dict):
-            raise _bad("a rule is a mapping", where, "{name, expr, message?}", type(raw).__name__)
-        extra = sorted(str(k) for k in raw if k not in _RULE_KEYS)
-        if extra:
-            raise _bad(
-                "unknown key in rule", f"{where}.{extra[0]}", ", ".join(_RULE_KEYS), extra[0]
-            )
-        name = raw.get("name")
-        if not isinstance(name, str) or not name or name in seen:
-            raise _bad(
-                "a rule needs a unique name", f"{where}.name", "a unique non-empty string", name
-            )
-        seen.add(name)
-        message = raw.get("message", "")
-        if not isinstance(message, str):
-            raise _bad("message is a string", f"{where}.message", "string", type(message).__name__)
-        rules.append(KeyRule(name, _compile(raw.get("expr"), f"{where}.expr"), message))
-    return KeyPolicy(
-        policy_id, version, tuple(rules), _flag(doc, "allow_warning"), _flag(doc, "admin_use")
+    doc = parse_rule_document(
+        document, what="key policy", prefix="policy.", bare_field="policy.rule"
     )
+    return KeyPolicy(policy_id, version, doc.rules, doc.allow_warning, doc.admin_use)
 
 
 def _plain(value: Any) -> Any:

@@ -32,13 +32,11 @@ tokens, session ids, resource bytes) is ever logged.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import logging
 import re
 import ssl
 import time
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +58,7 @@ from nacre.sdk.errors import (
 from nacre.tee import TeeBackend, current
 from nacre.token import decrypt, kbs_report_data, public_jwk
 from nacre.token.errors import JweError
+from nacre.urls import check_service_url
 
 __all__ = [
     "GET_RETRIES",
@@ -95,38 +94,17 @@ HashName = Literal["sha256", "sha384", "sha512"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_kbs_url(url: str) -> str:
     """``url`` without a trailing slash if it is https (or http to loopback), with a host and
     without credentials, query or fragment; else :class:`~nacre.errors.UsageError`."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    problem = None
-    if parts.scheme not in ("https", "http") or not host:
-        problem = "an https:// URL with a host"
-    elif parts.scheme == "http" and not _is_loopback(host):
-        problem = "https:// (plain http:// is accepted only for a loopback host)"
-    elif parts.username is not None or parts.password is not None:
-        problem = "a URL without user:password@ credentials"
-    elif parts.query or parts.fragment:
-        problem = "a URL without query or fragment"
-    if problem is not None:
-        raise UsageError(
-            f"the KBS URL must be {problem}",
-            field="url",
-            expected=problem,
-            actual=url,
-            hint="for example https://kbs.example:8080 or http://127.0.0.1:8080",
-        )
-    return url.rstrip("/")
+    checked = check_service_url(
+        url,
+        field="url",
+        subject="the KBS URL",
+        hint="for example https://kbs.example:8080 or http://127.0.0.1:8080",
+        allow_query=False,
+    )
+    return checked.rstrip("/")
 
 
 def parse_resource_path(path: str) -> tuple[str, str, str]:

@@ -30,16 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import yaml
-
-from nacre.appraisal.cel import (
-    CelCompileError,
-    CelEvaluationError,
-    CelProgram,
-    compile_expr,
-    evaluate_bool,
-)
-from nacre.errors import UsageError
+from nacre.appraisal.cel import CelEvaluationError, evaluate_bool
+from nacre.appraisal.rules import MAX_RULES, NamedRule, parse_rule_document
 from nacre.token import EarClaims
 
 __all__ = [
@@ -54,19 +46,12 @@ __all__ = [
 ]
 
 #: Rules in one release policy.
-MAX_RELEASE_RULES: Final = 64
+MAX_RELEASE_RULES: Final = MAX_RULES
 _TEES: Final = ("sgx", "tdx", "snp")
-#: ``admin_use`` is a KMS member (principals may use a key, :mod:`nacre.kms.policy`); the same
-#: document may guard a resource and a key, so it is accepted here and has no effect on release.
-_KEYS: Final = ("version", "name", "allow_warning", "admin_use", "rules")
-_RULE_KEYS: Final = ("name", "expr", "message")
 
 
-@dataclass(frozen=True, slots=True)
-class ReleaseRule:
-    name: str
-    program: CelProgram
-    message: str
+#: One named CEL rule (the format is shared with KMS key policies).
+ReleaseRule = NamedRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,79 +91,14 @@ class ReleaseDecision:
         return next((c for c in self.checks if not c.passed), None)
 
 
-def _bad(message: str, field: str, expected: str, actual: object) -> UsageError:
-    return UsageError(message, code="POLICY_INVALID", field=field, expected=expected, actual=actual)
-
-
-def _compile(expr: object, field: str) -> CelProgram:
-    if not isinstance(expr, str) or not expr.strip():
-        raise _bad(
-            "a rule needs a CEL expression", field, "a non-empty string", type(expr).__name__
-        )
-    try:
-        return compile_expr(expr)
-    except CelCompileError as exc:
-        raise _bad(
-            f"CEL does not compile: {exc.message}", field, "a CEL expression", expr[:200]
-        ) from None
-
-
 def parse_release_policy(text: str) -> ReleasePolicy:
-    """Parse a release policy document (or a bare CEL expression); every error names its field."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        doc = text  # not YAML at all: maybe a CEL expression with YAML-hostile characters
-    if isinstance(doc, str) or doc is None:
-        return ReleasePolicy(False, (ReleaseRule("expr", _compile(text.strip(), "expr"), ""),))
-    if not isinstance(doc, dict):
-        raise _bad(
-            "a release policy is a CEL expression or a mapping",
-            "policy",
-            "mapping",
-            type(doc).__name__,
-        )
-    unknown = sorted(str(k) for k in doc if k not in _KEYS)
-    if unknown:
-        raise _bad("unknown key in release policy", unknown[0], ", ".join(_KEYS), unknown[0])
-    if doc.get("version", 1) != 1:
-        raise _bad("unsupported release policy version", "version", "1", doc.get("version"))
-    allow_warning = doc.get("allow_warning", False)
-    if not isinstance(allow_warning, bool):
-        raise _bad("allow_warning is a boolean", "allow_warning", "true or false", allow_warning)
-    admin_use = doc.get("admin_use", False)
-    if not isinstance(admin_use, bool):
-        raise _bad("admin_use is a boolean", "admin_use", "true or false", admin_use)
-    raw_rules = doc.get("rules", [])
-    if not isinstance(raw_rules, list) or len(raw_rules) > MAX_RELEASE_RULES:
-        raise _bad(
-            "rules is a list",
-            "rules",
-            f"a list of <= {MAX_RELEASE_RULES} rules",
-            type(raw_rules).__name__,
-        )
-    rules: list[ReleaseRule] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(raw_rules):
-        where = f"rules[{i}]"
-        if not isinstance(raw, dict):
-            raise _bad("a rule is a mapping", where, "{name, expr, message?}", type(raw).__name__)
-        extra = sorted(str(k) for k in raw if k not in _RULE_KEYS)
-        if extra:
-            raise _bad(
-                "unknown key in rule", f"{where}.{extra[0]}", ", ".join(_RULE_KEYS), extra[0]
-            )
-        name = raw.get("name")
-        if not isinstance(name, str) or not name or name in seen:
-            raise _bad(
-                "a rule needs a unique name", f"{where}.name", "a unique non-empty string", name
-            )
-        seen.add(name)
-        message = raw.get("message", "")
-        if not isinstance(message, str):
-            raise _bad("message is a string", f"{where}.message", "string", type(message).__name__)
-        rules.append(ReleaseRule(name, _compile(raw.get("expr"), f"{where}.expr"), message))
-    return ReleasePolicy(allow_warning, tuple(rules))
+    """Parse a release policy document (or a bare CEL expression); every error names its field.
+
+    ``admin_use`` (a KMS member, :mod:`nacre.kms.policy`) is accepted, so one document can guard a
+    resource and a key; it has no effect on release.
+    """
+    doc = parse_rule_document(text, what="release policy")
+    return ReleasePolicy(doc.allow_warning, doc.rules)
 
 
 def release_variables(claims: EarClaims, resource: str) -> dict[str, Any]:
