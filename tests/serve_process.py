@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -71,9 +72,16 @@ class ServeProcess:
 
 
 def start_serve(
-    data_dir: Path, sim_dir: Path, log: Path, *, database: str | None = None
+    data_dir: Path,
+    sim_dir: Path,
+    log: Path,
+    *,
+    database: str | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> ServeProcess:
-    """``nacre serve`` on 127.0.0.1 (a free port), simulation trust on, answering /healthz."""
+    """``nacre serve`` on 127.0.0.1 (a free port), simulation trust on, answering /healthz.
+
+    ``tls`` = (certificate, key, CA file): serve HTTPS, checked against the CA."""
     env = {**os.environ, "NACRE_SIM_DIR": str(sim_dir)}
     env.pop("NACRE_TEE", None)
     port = free_port()
@@ -91,12 +99,17 @@ def start_serve(
     ]
     if database is not None:
         cmd += ["--database", database]
+    verify: ssl.SSLContext | bool = True
+    if tls is not None:
+        cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        verify = ssl.create_default_context(cafile=str(tls[2]))
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = ServeProcess(proc, f"http://127.0.0.1:{port}", data_dir, log)
+    scheme = "https" if tls is not None else "http"
+    server = ServeProcess(proc, f"{scheme}://127.0.0.1:{port}", data_dir, log)
     deadline = time.monotonic() + STARTUP_SECONDS
     try:
-        with httpx.Client(timeout=2.0) as http:
+        with httpx.Client(timeout=2.0, verify=verify) as http:
             while True:
                 if proc.poll() is not None:
                     raise AssertionError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,10 @@ from nacre.store import MAX_RESOURCE_BYTES, ResourceName
 __all__ = ["secret_app"]
 
 ENV_SERVER = "NACRE_SERVER"
+#: HTTPS to a service whose CA is not in the system store (the cluster's KBS): a PEM CA file, and
+#: the name its certificate carries when it is reached through a port-forward (127.0.0.1).
+ENV_CA_BUNDLE = "NACRE_CA_BUNDLE"
+ENV_TLS_SERVER_NAME = "NACRE_TLS_SERVER_NAME"
 _TIMEOUT = 30.0
 
 secret_app = typer.Typer(
@@ -68,6 +73,24 @@ def _fail(code: int, error: dict[str, Any], as_json: bool) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _tls_settings() -> tuple[ssl.SSLContext | bool, dict[str, Any]]:
+    """Certificate verification from $NACRE_CA_BUNDLE / $NACRE_TLS_SERVER_NAME (always on)."""
+    verify: ssl.SSLContext | bool = True
+    ca = os.environ.get(ENV_CA_BUNDLE)
+    if ca:
+        try:
+            verify = ssl.create_default_context(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"cannot load the CA bundle: {exc}",
+                field=ENV_CA_BUNDLE,
+                expected="a PEM file of CA certificates",
+                actual=ca,
+            ) from exc
+    name = os.environ.get(ENV_TLS_SERVER_NAME)
+    return verify, ({"sni_hostname": name} if name else {})
+
+
 def _call(
     method: str,
     path: str,
@@ -82,9 +105,14 @@ def _call(
         key = load_admin_key(admin_key or default_data_dir() / ADMIN_KEY_FILE)
         token = sign_admin_token(key, now=datetime.now(UTC))
         base = (server or os.environ.get(ENV_SERVER) or "http://127.0.0.1:8080").rstrip("/")
-        with httpx.Client(base_url=base, timeout=_TIMEOUT) as client:
+        verify, extensions = _tls_settings()
+        with httpx.Client(base_url=base, timeout=_TIMEOUT, verify=verify) as client:
             response = client.request(
-                method, path, json=body, headers={"Authorization": f"Bearer {token}"}
+                method,
+                path,
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+                extensions=extensions,
             )
     except NacreError as exc:
         _fail(2, exc.to_dict(), as_json)

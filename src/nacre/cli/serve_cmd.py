@@ -22,6 +22,7 @@ from nacre.errors import NacreError, UsageError
 from nacre.server import ADMIN_KEY_FILE, ServerConfig, create_app
 from nacre.server.observe import JsonLogFormatter
 from nacre.store import KekSealer, default_url
+from nacre.tlsfiles import ReloadingCertificate
 
 __all__ = ["default_data_dir", "serve_command"]
 
@@ -62,7 +63,12 @@ def serve_command(
     ] = None,
     database: Annotated[
         str | None,
-        typer.Option("--database", help="Database URL (default: SQLite in the data dir)."),
+        typer.Option(
+            "--database",
+            envvar="NACRE_DATABASE_URL",
+            help="Database URL (default: SQLite in the data dir); the variable keeps a "
+            "password off the command line.",
+        ),
     ] = None,
     trust_sim: Annotated[
         bool,
@@ -75,6 +81,20 @@ def serve_command(
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning, error.")
     ] = "info",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            envvar="NACRE_TLS_CERT",
+            help="Serve HTTPS with this PEM certificate chain (reloaded when the file changes).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key", envvar="NACRE_TLS_KEY", help="The certificate's PEM private key."
+        ),
+    ] = None,
 ) -> None:
     """Run the attestation service, KBS v0.4.0 key broker and admin API."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -106,17 +126,52 @@ def serve_command(
             collateral_provider=platform.bundle if platform is not None else None,
         )
         _configure_logging(log_level)
+        certificate = _certificate(tls_cert, tls_key)
         app = create_app(config)
     except (NacreError, OSError) as exc:
         message = str(exc) if isinstance(exc, NacreError) else f"{exc.strerror}: {exc.filename}"
         err.print(f"[bold red]error:[/] {escape(message)}")
         raise typer.Exit(2) from None
     out = Console(highlight=False, soft_wrap=True)
-    out.print(f"nacre serving on [bold]http://{host}:{port}[/]")
-    out.print(f"admin key: {directory / ADMIN_KEY_FILE}")
+    scheme = "https" if certificate is not None else "http"
+    out.print(f"nacre serving on [bold]{scheme}://{host}:{port}[/]")
+    admin_key = directory / ADMIN_KEY_FILE
+    if admin_key.exists():
+        out.print(f"admin key: {admin_key}")
+    else:
+        out.print(
+            "admin key: none in this data directory (the database already has admin keys: "
+            "use the bootstrap key of the first replica, or one registered with the admin API)"
+        )
     out.print(
         f"database: {escape(url.split('@')[-1] if '@' in url else url)}; KEK sealed with {sealed_with}"
     )
     if trust_sim:
         out.print("[yellow]simulation trust is on: simulated evidence is accepted (marked sim)[/]")
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+    if certificate is None:
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+        return
+    context = certificate.context
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        ssl_context_factory=lambda _config, _default: context,
+    )
+
+
+def _certificate(cert: Path | None, key: Path | None) -> ReloadingCertificate | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UsageError(
+            "HTTPS needs both a certificate and its key",
+            field="--tls-cert/--tls-key",
+            expected="both or neither",
+            actual=f"--tls-cert {cert or '(none)'}, --tls-key {key or '(none)'}",
+        )
+    return ReloadingCertificate(
+        cert, key, hint="pass the PEM certificate chain and key the service should present"
+    )

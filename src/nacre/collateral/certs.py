@@ -13,8 +13,10 @@ import warnings
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.utils import CryptographyDeprecationWarning
 
+from nacre.collateral.x509_der import CertDer, cert_der
 from nacre.errors import CollateralError, LimitExceededError
 from nacre.limits import MAX_CERT_CHAIN_DEPTH, MAX_CRL_BYTES, MAX_PEM_CHAIN_BYTES
 
@@ -36,9 +38,10 @@ def _touch(cert: x509.Certificate) -> x509.Certificate:
     return cert
 
 
-__all__ = ["crl_der", "load_certificate", "load_crl", "load_pem_chain"]
+__all__ = ["crl_der", "load_certificate", "load_crl", "load_pem_chain", "load_pem_chain_der"]
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_PEM_END = b"-----END CERTIFICATE-----"
 
 
 def _load_der_tolerating_zero_serial(der: bytes) -> x509.Certificate:
@@ -83,12 +86,8 @@ def load_certificate(data: bytes, *, field: str) -> x509.Certificate:
         ) from exc
 
 
-def load_pem_chain(data: bytes, *, field: str, eager: bool = True) -> tuple[x509.Certificate, ...]:
-    """A PEM certificate chain, leaf first. A trailing NUL (as in DCAP quotes) is accepted.
-
-    ``eager`` decodes every field now, so damage raises CollateralError here; a caller that reads
-    only raw fields (:mod:`nacre.collateral.x509_raw`) passes False and handles decoding itself.
-    """
+def _pem_text(data: bytes, field: str) -> bytes:
+    """The PEM text of a chain, within the size and depth limits; a trailing NUL is dropped."""
     if len(data) > MAX_PEM_CHAIN_BYTES:
         raise LimitExceededError(
             f"{field} is too large",
@@ -121,6 +120,16 @@ def load_pem_chain(data: bytes, *, field: str, eager: bool = True) -> tuple[x509
             expected=f"<= {MAX_CERT_CHAIN_DEPTH}",
             actual=str(count),
         )
+    return text
+
+
+def load_pem_chain(data: bytes, *, field: str, eager: bool = True) -> tuple[x509.Certificate, ...]:
+    """A PEM certificate chain, leaf first. A trailing NUL (as in DCAP quotes) is accepted.
+
+    ``eager`` decodes every field now, so damage raises CollateralError here; a caller that reads
+    only raw fields (:func:`load_pem_chain_der`) passes False and handles decoding itself.
+    """
+    text = _pem_text(data, field)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings(
@@ -140,6 +149,63 @@ def load_pem_chain(data: bytes, *, field: str, eager: bool = True) -> tuple[x509
             actual=str(exc),
         ) from exc
     return tuple(certs)
+
+
+def _pem_blocks(text: bytes) -> list[bytes] | None:
+    """The DER of each CERTIFICATE block, or None when the text is not plain, well-formed PEM."""
+    out: list[bytes] = []
+    pos = 0
+    while (begin := text.find(_PEM_BEGIN, pos)) >= 0:
+        if text[pos:begin].strip():
+            return None  # text between blocks: let the strict loader judge it
+        end = text.find(_PEM_END, begin)
+        if end < 0:
+            return None
+        try:
+            out.append(
+                base64.b64decode(
+                    b"".join(text[begin + len(_PEM_BEGIN) : end].split()), validate=True
+                )
+            )
+        except ValueError:
+            return None
+        pos = end + len(_PEM_END)
+    return out if not text[pos:].strip() else None
+
+
+def load_pem_chain_der(data: bytes, *, field: str) -> tuple[CertDer, ...]:
+    """A PEM chain as :class:`CertDer` values (certificate + its DER parts), leaf first.
+
+    The DER is decoded here so its signed parts can be sliced without re-encoding; fields are
+    decoded lazily (callers wrap use in :func:`nacre.verify.chain.decoding`). Anything but plain
+    PEM blocks goes through :func:`load_pem_chain`, which accepts or rejects it exactly as before.
+    """
+    text = _pem_text(data, field)
+    blocks = _pem_blocks(text)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message=".*serial number which wasn't positive.*",
+                category=CryptographyDeprecationWarning,
+            )
+            if blocks is None:
+                certs = load_pem_chain(text, field=field, eager=False)
+                blocks = [c.public_bytes(serialization.Encoding.DER) for c in certs]
+            else:
+                certs = tuple(x509.load_der_x509_certificate(b) for b in blocks)
+    except _LOAD_ERRORS as exc:
+        raise CollateralError(
+            f"{field} is not a valid PEM certificate chain",
+            code="CERT_CHAIN_INVALID",
+            field=field,
+            expected="PEM X.509 certificates",
+            actual=str(exc),
+        ) from exc
+    return tuple(
+        cert_der(c, b, what=f"{field} certificate {i}")
+        for i, (c, b) in enumerate(zip(certs, blocks, strict=True))
+    )
 
 
 def crl_der(data: bytes, *, field: str) -> bytes:

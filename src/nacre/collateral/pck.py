@@ -12,6 +12,7 @@ from typing import Final, Literal
 from cryptography import x509
 
 from nacre.collateral import der
+from nacre.collateral.x509_der import CertDer, cert_extension_value
 from nacre.errors import CollateralError
 
 __all__ = [
@@ -20,11 +21,13 @@ __all__ = [
     "ca_kind_from_cn",
     "parse_pck_extension_value",
     "parse_pck_extensions",
+    "parse_pck_extensions_der",
     "pck_ca_kind",
 ]
 
 SGX_EXTENSIONS_OID: Final = "1.2.840.113741.1.13.1"
 _SGX_EXT_OID: Final = x509.ObjectIdentifier(SGX_EXTENSIONS_OID)
+_SGX_EXT_OID_DER: Final = der.oid_der(SGX_EXTENSIONS_OID)
 _PPID = der.oid_der(SGX_EXTENSIONS_OID + ".1")
 _TCB_DOTTED = SGX_EXTENSIONS_OID + ".2"
 _TCB = der.oid_der(_TCB_DOTTED)
@@ -91,6 +94,15 @@ def _pairs(seq: der.Tlv) -> dict[bytes, der.Tlv]:
             actual=f"tag {seq.tag:#x}",
         )
     return der.oid_pairs(seq.value)
+
+
+def parse_pck_extensions_der(cert: CertDer) -> PckExtensions:
+    """As :func:`parse_pck_extensions`, reading the extension from the certificate's DER (the
+    cold verification path: `cryptography` would decode every extension into objects)."""
+    value = cert_extension_value(cert, _SGX_EXT_OID_DER, what="PCK certificate")
+    if value is None:
+        raise _missing("(the whole extension)")
+    return parse_pck_extension_value(value)
 
 
 def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:

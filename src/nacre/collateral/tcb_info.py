@@ -177,7 +177,54 @@ def _svns(tcb: _Fields, key: str) -> tuple[int, ...]:
     return svns  # type: ignore[return-value]
 
 
+_STATUS_SET: Final = frozenset(TCB_STATUSES)
+
+
+def _byte_svns(comps: Any) -> tuple[int, ...] | None:
+    """16 ``{"svn": 0..255}`` components as a tuple, or None when anything is off."""
+    if type(comps) is not list or len(comps) != 16:
+        return None
+    try:
+        svns = tuple([c["svn"] for c in comps])
+    except (KeyError, TypeError, IndexError):
+        return None
+    if {type(v) for v in svns} != {int} or min(svns) < 0 or max(svns) > 255:
+        return None
+    return svns
+
+
+def _level_fast(raw: Any, is_tdx: bool) -> TcbLevel | None:
+    """A v3 level read with plain lookups: the common well-formed case, about 3x faster than the
+    field-by-field path. Returns None for anything unusual; :func:`_level` then re-reads it and
+    names the exact field that is wrong."""
+    if type(raw) is not dict:
+        return None
+    tcb = raw.get("tcb")
+    if type(tcb) is not dict:
+        return None
+    sgx = _byte_svns(tcb.get("sgxtcbcomponents"))
+    tdx = _byte_svns(tcb.get("tdxtcbcomponents")) if is_tdx else None
+    pce_svn = tcb.get("pcesvn")
+    status, date = raw.get("tcbStatus"), raw.get("tcbDate")
+    advisories = raw.get("advisoryIDs", [])
+    if (
+        sgx is None
+        or (is_tdx and tdx is None)
+        or type(pce_svn) is not int
+        or not 0 <= pce_svn <= 0xFFFF
+        or type(status) is not str
+        or status not in _STATUS_SET
+        or type(date) is not str
+        or type(advisories) is not list
+        or any(type(a) is not str for a in advisories)
+    ):
+        return None
+    return TcbLevel(sgx, pce_svn, tdx, status, date, tuple(advisories))
+
+
 def _level(raw: Any, path: str, version: int, is_tdx: bool) -> TcbLevel:
+    if version == 3 and (fast := _level_fast(raw, is_tdx)) is not None:
+        return fast
     f = _Fields(raw, path)
     tcb = _Fields(f.raw("tcb"), f"{path}.tcb")
     tdx = None

@@ -204,8 +204,9 @@ class KbsClient:
 
     ``backend`` quotes the report data (default :func:`nacre.tee.current`). ``http`` is an
     ``httpx.Client`` to use instead of one made here (tests pass a Starlette ``TestClient``);
-    ``ca_bundle`` adds a CA file to the default trust store (TLS is always verified) and cannot be
-    combined with ``http``. ``key_type`` picks the ephemeral TEE key: ``"EC"`` (P-256,
+    ``ca_bundle`` (a PEM file) and ``ca_data`` (PEM text, e.g. from an environment variable) add CA
+    certificates to the default trust store (TLS is always verified); neither can be combined with
+    ``http``. ``key_type`` picks the ephemeral TEE key: ``"EC"`` (P-256,
     ECDH-ES+A256KW, default) or ``"RSA"`` (3072 bits, RSA-OAEP-256).
     """
 
@@ -216,6 +217,7 @@ class KbsClient:
         backend: TeeBackend | None = None,
         http: httpx.Client | None = None,
         ca_bundle: str | Path | None = None,
+        ca_data: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         key_type: KeyType = "EC",
         get_retries: int = GET_RETRIES,
@@ -226,11 +228,12 @@ class KbsClient:
             raise UsageError(
                 "unknown TEE key type", field="key_type", expected="EC or RSA", actual=key_type
             )
-        if http is not None and ca_bundle is not None:
+        if http is not None and (ca_bundle is not None or ca_data is not None):
             raise UsageError(
-                "ca_bundle applies to a client made here; configure the httpx.Client you pass",
+                "ca_bundle / ca_data apply to a client made here; configure the httpx.Client "
+                "you pass",
                 field="ca_bundle",
-                expected="ca_bundle or http, not both",
+                expected="ca_bundle / ca_data or http, not both",
                 actual="both",
             )
         if get_retries < 0 or timeout <= 0 or backoff < 0:
@@ -246,16 +249,20 @@ class KbsClient:
         self._owns_http = http is None
         if http is None:
             verify: ssl.SSLContext | bool = True
-            if ca_bundle is not None:
+            if ca_bundle is not None or ca_data is not None:
                 verify = ssl.create_default_context()
                 try:
-                    verify.load_verify_locations(cafile=str(ca_bundle))
-                except (OSError, ssl.SSLError) as exc:
+                    if ca_bundle is not None:
+                        verify.load_verify_locations(cafile=str(ca_bundle))
+                    if ca_data is not None:
+                        verify.load_verify_locations(cadata=ca_data)
+                except (OSError, ssl.SSLError, ValueError) as exc:
+                    which = str(ca_bundle) if ca_bundle is not None else "ca_data"
                     raise UsageError(
-                        f"cannot load the CA bundle {ca_bundle}: {exc}",
-                        field="ca_bundle",
-                        expected="a PEM file of CA certificates",
-                        actual=str(ca_bundle),
+                        f"cannot load the CA certificates ({which}): {exc}",
+                        field="ca_bundle" if ca_bundle is not None else "ca_data",
+                        expected="PEM CA certificates",
+                        actual=which,
                     ) from exc
             http = httpx.Client(
                 timeout=httpx.Timeout(timeout),

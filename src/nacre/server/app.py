@@ -9,8 +9,8 @@ Endpoints (OpenAPI at ``/openapi.json``):
 - ``/kms/v1/keys...`` HSM-like keys: management (admin JWT) and use (admin JWT or EAR token)
 
 No handshake state is kept in memory: sessions and their single-use nonces are rows in the
-database, the EAR keyring and the KEK are sealed files in the data directory, so any replica
-finishes a handshake another began.
+database, and so are the EAR signing keyring and the admin keys (envelope-encrypted under the KEK,
+which exists only sealed in ``kek.json``), so any replica finishes a handshake another began.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -291,6 +292,14 @@ class Store:
 
     def __init__(self, engine: Engine, ring: KekRing | None) -> None:
         self._engine = engine
+        # SQLite has one writer at a time. Left to SQLite, waiting writers poll in its busy
+        # handler, sleeping up to 100 ms between tries, so under concurrent load a write waits
+        # long after the lock is free. Writers of this process queue on a lock instead and start
+        # the moment the previous one commits; busy_timeout still covers other processes.
+        # PostgreSQL has row locks: no process-wide serialisation there.
+        self._write_lock: AbstractContextManager[object] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+        )
         self._ring = ring
 
     @property
@@ -322,7 +331,7 @@ class Store:
         """A write transaction, committed on exit. A constraint the checks before it missed (a
         concurrent insert of the same name on PostgreSQL) becomes a :class:`ConflictError`."""
         try:
-            with self._engine.begin() as conn:
+            with self._write_lock, self._engine.begin() as conn:
                 yield conn
         except IntegrityError as exc:
             raise ConflictError(
@@ -1151,9 +1160,17 @@ class Store:
                 .where(t.sessions.c.id == session_id)
                 .values(state="attested", tee_pubkey=tee_pubkey, token=token)
             )
-            return _session(
-                conn.execute(select(t.sessions).where(t.sessions.c.id == session_id)).one(), nonce
-            )
+        # The row as just written (read under the write lock above; no second query).
+        return Session(
+            id=str(row.id),
+            nonce=nonce,
+            tee=str(row.tee),
+            state="attested",
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            tee_pubkey=tee_pubkey,
+            token=token,
+        )
 
     def sweep_expired(self, *, now: datetime | None = None) -> SweepResult:
         """Delete expired sessions (their nonces go with them) and expired stray nonces."""

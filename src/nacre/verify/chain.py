@@ -9,11 +9,11 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from nacre.collateral.trust import SIM_ROOT_CA_CN
-from nacre.collateral.x509_der import cert_subject_der, crl_signed_parts
+from nacre.collateral.x509_der import CertDer, cert_der, cert_subject_der, crl_signed_parts, name_cn
 from nacre.errors import CollateralError, VerificationError
 from nacre.verify.cache import Window
 from nacre.verify.result import ChainLink
@@ -125,6 +125,49 @@ def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=64)
+def _anchor_der(cert: x509.Certificate) -> CertDer:
+    """A trust anchor's DER parts, computed once per anchor."""
+    return cert_der(cert, cert.public_bytes(serialization.Encoding.DER), what="trust anchor")
+
+
+def _der_signed_by(child: CertDer, parent: CertDer) -> bool:
+    """As :func:`_signed_by`, over the sliced DER: Names compared as bytes, one ECDSA check.
+
+    Byte-equal Names are equal Names, and the TBS bytes are the ones signed, so this decides the
+    same as ``verify_directly_issued_by`` without re-encoding the TBS or building Names. Anything
+    else (Names equal only after normalisation, non-EC issuers) takes that reference path.
+    """
+    key = parent.cert.public_key()
+    algorithm = child.cert.signature_hash_algorithm
+    if (
+        child.issuer != parent.subject
+        or not isinstance(key, ec.EllipticCurvePublicKey)
+        or child.cert.signature_algorithm_oid not in _ECDSA_SIGNATURE_OIDS
+        or algorithm is None
+    ):
+        return _signed_by(child.cert, parent.cert)
+    try:
+        key.verify(child.signature, child.tbs, ec.ECDSA(algorithm))
+    except InvalidSignature:
+        return False
+    return True
+
+
+_ECDSA_SIGNATURE_OIDS = frozenset(
+    {
+        x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256,
+        x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384,
+        x509.SignatureAlgorithmOID.ECDSA_WITH_SHA512,
+    }
+)
+
+
+def _link_name(cert: CertDer) -> str:
+    name = name_cn(cert.subject)
+    return name if name is not None else cn(cert.cert)
+
+
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
@@ -133,7 +176,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 
 def verify_chain_to_anchor(
-    chain: Sequence[x509.Certificate],
+    chain: Sequence[x509.Certificate] | Sequence[CertDer],
     anchors: Sequence[x509.Certificate],
     now: datetime,
     *,
@@ -148,9 +191,78 @@ def verify_chain_to_anchor(
     self-issued certificate that is not an anchor is refused. Each certificate is signed by the
     next, every intermediate is a CA, and all are valid at ``now``. Returns the certificates
     (leaf ... anchor), the links and the validity windows involved.
+
+    ``chain`` as :class:`CertDer` (from :func:`nacre.collateral.certs.load_pem_chain_der`) takes
+    the fast path: signatures checked over the sliced DER, names read from it.
     """
     with decoding(what):
-        return _verify_chain(list(chain), anchors, now, what, roles, expired_code, early_code)
+        ders = [c for c in chain if isinstance(c, CertDer)]
+        if ders:
+            return _verify_der_chain(ders, anchors, now, what, roles, expired_code, early_code)
+        certs = [c for c in chain if isinstance(c, x509.Certificate)]
+        return _verify_chain(certs, anchors, now, what, roles, expired_code, early_code)
+
+
+def _verify_der_chain(
+    certs: list[CertDer],
+    anchors: Sequence[x509.Certificate],
+    now: datetime,
+    what: str,
+    roles: Sequence[str],
+    expired_code: str,
+    early_code: str,
+) -> tuple[tuple[x509.Certificate, ...], tuple[ChainLink, ...], tuple[Window, ...]]:
+    """:func:`_verify_chain` over sliced DER (same checks, same order, same errors)."""
+    top = certs[-1]
+    anchor = next((a for a in anchors if _anchor_der(a).der == top.der), None)
+    if anchor is not None:
+        certs.pop()
+    else:
+        anchor = next((a for a in anchors if _der_signed_by(top, _anchor_der(a))), None)
+    if anchor is None:
+        # The reference path words every refusal (simulation root, untrusted root, issuer).
+        return _verify_chain(
+            [c.cert for c in certs], anchors, now, what, roles, expired_code, early_code
+        )
+    full = [*certs, _anchor_der(anchor)]
+    links: list[ChainLink] = []
+    windows: list[Window] = []
+    last = len(full) - 1
+    for i, c in enumerate(full):
+        cert = c.cert
+        role = roles[i] if i < len(roles) else ("root" if i == last else "intermediate")
+        name = anchor_cn(anchor) if i == last else _link_name(c)
+        nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
+        check_time(
+            f"{what}: {role} certificate '{name}'",
+            nb,
+            na,
+            now,
+            expired_code=expired_code,
+            early_code=early_code,
+        )
+        windows.append(Window(nb, na))
+        links.append(ChainLink(role, name, nb, na))
+        if i == last:
+            continue
+        parent = full[i + 1]
+        if not _der_signed_by(c, parent):
+            raise VerificationError(
+                f"{what}: '{name}' is not signed by '{_link_name(parent)}'",
+                code="CERT_CHAIN_INVALID",
+                field=f"{what} {role} signature",
+                expected=f"issued and signed by {_link_name(parent)}",
+                actual=f"issuer {cert.issuer.rfc4514_string()}",
+            )
+        if i + 1 != last and not _is_ca(parent.cert):
+            raise VerificationError(
+                f"{what}: issuer '{_link_name(parent)}' is not a CA",
+                code="CERT_CHAIN_INVALID",
+                field=f"{what} issuer basicConstraints",
+                expected="CA:TRUE",
+                actual="CA:FALSE or absent",
+            )
+    return tuple(c.cert for c in full), tuple(links), tuple(windows)
 
 
 def _verify_chain(

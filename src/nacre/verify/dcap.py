@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from nacre.collateral.bundle import CollateralBundle
-from nacre.collateral.certs import crl_der, load_crl, load_pem_chain
-from nacre.collateral.pck import PckExtensions, ca_kind_from_cn, parse_pck_extensions
+from nacre.collateral.certs import crl_der, load_crl, load_pem_chain_der
+from nacre.collateral.pck import PckExtensions, ca_kind_from_cn, parse_pck_extensions_der
 from nacre.collateral.qe_identity import EnclaveIdentity, parse_qe_identity
 from nacre.collateral.tcb_info import TcbInfo, parse_tcb_info
 from nacre.collateral.trust import TrustRoots
-from nacre.collateral.x509_der import crl_signed_parts
+from nacre.collateral.x509_der import CertDer, crl_signed_parts
 from nacre.errors import CollateralError, MalformedEvidenceError, VerificationError
 from nacre.evidence.dcap import INTEL_QE_VENDOR_ID, DcapQuote
 from nacre.evidence.sgx import EnclaveReportBody
@@ -125,6 +125,14 @@ def _ec_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
 
 
 @dataclass(frozen=True, slots=True)
+class _Chain:
+    certs: tuple[x509.Certificate, ...]  # leaf ... anchor
+    leaf: CertDer
+    links: tuple[ChainLink, ...]
+    windows: tuple[Window, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _RootCrl:
     crl: x509.CertificateRevocationList
     window: Window
@@ -162,20 +170,15 @@ class _Collateral:
         self.cache = cache
         self.akey = trust.intel_key
 
-    def chain(
-        self, pem: bytes, digest: bytes, *, what: str, roles: tuple[str, ...]
-    ) -> tuple[tuple[x509.Certificate, ...], tuple[ChainLink, ...], tuple[Window, ...]]:
+    def chain(self, pem: bytes, digest: bytes, *, what: str, roles: tuple[str, ...]) -> _Chain:
         """A PEM chain verified to the anchors; shared by TCB info and QE identity (same signer)."""
 
-        def compute() -> tuple[
-            tuple[tuple[x509.Certificate, ...], tuple[ChainLink, ...], tuple[Window, ...]],
-            tuple[Window, ...],
-        ]:
-            certs = load_pem_chain(pem, field=what, eager=False)
-            raws, links, windows = verify_chain_to_anchor(
-                certs, self.anchors, self.now, what=what, roles=roles
+        def compute() -> tuple[_Chain, tuple[Window, ...]]:
+            ders = load_pem_chain_der(pem, field=what)
+            certs, links, windows = verify_chain_to_anchor(
+                ders, self.anchors, self.now, what=what, roles=roles
             )
-            return (raws, links, windows), windows
+            return _Chain(certs, ders[0], links, windows), windows
 
         return self.cache.get_or_compute(("chain", self.akey, digest), self.now, compute)
 
@@ -206,12 +209,13 @@ class _Collateral:
         pem_digest = hashlib.sha256(pem).digest()
 
         def compute() -> tuple[_Pck, tuple[Window, ...]]:
-            chain, links, windows = self.chain(
+            verified = self.chain(
                 pem,
                 pem_digest,
                 what="PCK certificate chain",
                 roles=("PCK leaf", "PCK CA", "root"),
             )
+            chain, links, windows = verified.certs, verified.links, verified.windows
             if len(chain) < 2:
                 raise CollateralError(
                     "PCK certificate chain lacks its CA certificate",
@@ -239,7 +243,7 @@ class _Collateral:
                     f"with ca={ca} (nacre collateral fetch EVIDENCE)",
                 )
                 check_not_revoked(leaf, crl, what="PCK certificate", code="PCK_REVOKED")
-                ext = parse_pck_extensions(leaf)
+                ext = parse_pck_extensions_der(verified.leaf)
                 pck = _Pck(
                     _ec_key(leaf, "PCK certificate"),
                     ext,
@@ -284,12 +288,13 @@ class _Collateral:
                     identity.issue_date,
                     identity.next_update,
                 )
-            chain, links, windows = self.chain(
+            verified = self.chain(
                 chain_pem,
                 self.bundle.digests[chain_name],
                 what=f"{label} issuer chain",
                 roles=("TCB signing", "root"),
             )
+            chain, links, windows = verified.certs, verified.links, verified.windows
             leaf = chain[0]
             check_not_revoked(
                 leaf, root.crl, what=f"{label} signing certificate", code="CERT_REVOKED"
