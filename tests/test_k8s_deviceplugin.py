@@ -59,6 +59,7 @@ FAST = {
     "stop_grace": 0.2,
     "stream_wake_interval": 0.1,
     "stream_grace": 1.0,
+    "unsafe_fake_devices": True,  # the fake trees hold regular files for device nodes
 }
 #: Seconds a subprocess gets to start, and to stop after SIGTERM.
 PROCESS_TIMEOUT = 20.0
@@ -683,6 +684,7 @@ def test_cli_rejects_unknown_resource_name(node: Path, plugin_dir: Path) -> None
             "example.com/epc",
             "--root",
             str(node),
+            "--unsafe-fake-devices",
             "--plugin-dir",
             str(plugin_dir),
         ],
@@ -702,6 +704,7 @@ def test_cli_exits_cleanly_on_sigterm(node: Path, plugin_dir: Path, kubelet: Fak
             "device-plugin",
             "--root",
             str(node),
+            "--unsafe-fake-devices",
             "--plugin-dir",
             str(plugin_dir),
             "--poll-interval",
@@ -730,3 +733,13 @@ def test_cli_exits_cleanly_on_sigterm(node: Path, plugin_dir: Path, kubelet: Fak
     assert not (plugin_dir / PROVISION_SOCKET).exists()
     assert "stopping" in stderr
     assert "SIGTERM" in stderr
+
+
+def test_regular_files_are_not_devices_unless_asked(
+    kubelet: FakeKubelet, start_plugin: Callable[..., RunningPlugin]
+) -> None:
+    """On a node (the default) a regular file at /dev/sgx_enclave is not an SGX device: the
+    plugin advertises the EPC the sysfs reports but every device is Unhealthy."""
+    start_plugin(unsafe_fake_devices=False)
+    kubelet.wait_registered(DEFAULT_EPC_RESOURCE)
+    kubelet.wait_list(DEFAULT_EPC_RESOURCE, all_health("Unhealthy"))

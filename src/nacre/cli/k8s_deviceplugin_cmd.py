@@ -86,6 +86,15 @@ def device_plugin_command(
     ] = POLL_INTERVAL,
     as_json: JsonLogOpt = False,
     log_level: LogLevelOpt = "info",
+    unsafe_fake_devices: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-fake-devices",
+            envvar="NACRE_K8S_UNSAFE_FAKE_DEVICES",
+            help="Accept regular files as SGX device nodes under --root (tests and demos on "
+            "machines without SGX; never on a real node).",
+        ),
+    ] = False,
 ) -> None:
     """Advertise SGX EPC (MiB devices) and /dev/sgx_provision to the kubelet."""
     configure_logging(as_json, log_level)
@@ -96,6 +105,7 @@ def device_plugin_command(
         epc_mib=epc_mib,
         provision_devices=provision_devices,
         poll_interval=poll_interval,
+        unsafe_fake_devices=unsafe_fake_devices,
     )
     try:
         runner = DevicePluginRunner(config, build_pools(config))

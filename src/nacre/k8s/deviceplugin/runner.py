@@ -103,11 +103,13 @@ class PluginConfig:
     stop_grace: float = STOP_GRACE
     stream_wake_interval: float = STREAM_WAKE_INTERVAL
     stream_grace: float = STREAM_GRACE
+    #: Accept regular files in place of the SGX device nodes: fake ``--root`` trees in tests and
+    #: demos only. Off, a node's devices must be character devices even under ``--root=/host``.
+    unsafe_fake_devices: bool = False
 
     @property
     def allow_regular_files(self) -> bool:
-        """A fake ``--root`` tree holds regular files in place of device nodes (as discovery)."""
-        return self.root.resolve() != Path("/")
+        return self.unsafe_fake_devices
 
 
 def socket_name(resource_name: str) -> str:
@@ -117,7 +119,7 @@ def socket_name(resource_name: str) -> str:
 
 def build_pools(config: PluginConfig) -> tuple[DevicePool, DevicePool]:
     """The EPC pool (sized by discovery or ``--epc-mib``) and the provisioning pool."""
-    report = discover(config.root)
+    report = discover(config.root, allow_regular_files=config.allow_regular_files)
     enclave_seen = (config.root / SGX_ENCLAVE_DEVICE.lstrip("/")).exists()
     if config.epc_mib is None and report.epc is None:
         if "sgx" in report.flags or enclave_seen:
