@@ -26,7 +26,13 @@ from cryptography import x509
 
 from nacre.errors import UsageError
 
-__all__ = ["MIN_TLS_VERSION", "RELOAD_CHECK_SECONDS", "ReloadingCertificate"]
+__all__ = [
+    "MIN_TLS_VERSION",
+    "RELOAD_CHECK_SECONDS",
+    "FileSignature",
+    "ReloadingCertificate",
+    "file_signature",
+]
 
 _log = logging.getLogger("nacre.tlsfiles")
 
@@ -35,10 +41,10 @@ RELOAD_CHECK_SECONDS: Final = 10.0
 #: TLS 1.2 and 1.3 only (the API server and every current client speak them).
 MIN_TLS_VERSION: Final = ssl.TLSVersion.TLSv1_2
 
-_Signature = tuple[tuple[int, int, int, int], ...]
+FileSignature = tuple[tuple[int, int, int, int], ...]
 
 
-def _signature(*paths: Path) -> _Signature:
+def file_signature(*paths: Path) -> FileSignature:
     """What identifies the files' current contents without reading them."""
     out = []
     for path in paths:
@@ -81,7 +87,7 @@ class ReloadingCertificate:
         self._clock = clock
         self._lock = threading.Lock()
         try:
-            signature = _signature(self._cert, self._key)
+            signature = file_signature(self._cert, self._key)
             self._current = self._load()
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(
@@ -92,7 +98,7 @@ class ReloadingCertificate:
                 hint=hint,
             ) from exc
         self._loaded = signature
-        self._failed: _Signature | None = None
+        self._failed: FileSignature | None = None
         self._checked = clock()
         #: Successful reloads since start (observability; tests read it).
         self.reloads = 0
@@ -120,7 +126,7 @@ class ReloadingCertificate:
     def check(self) -> bool:
         """Reload now if the files changed; True when a new certificate was loaded."""
         try:
-            signature = _signature(self._cert, self._key)
+            signature = file_signature(self._cert, self._key)
         except OSError as exc:
             self._report(None, f"cannot stat the certificate files: {exc}")
             return False
@@ -138,7 +144,7 @@ class ReloadingCertificate:
         _log.info("reloaded TLS certificate: %s", _describe(self._cert))
         return True
 
-    def _report(self, signature: _Signature | None, reason: str) -> None:
+    def _report(self, signature: FileSignature | None, reason: str) -> None:
         if signature is not None and signature == self._failed:
             return
         self._failed = signature

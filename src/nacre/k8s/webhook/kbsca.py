@@ -3,14 +3,14 @@
 The KBS serves TLS with a certificate from its own CA (Secret ``nacre-kbs-tls``, issued by
 ``nacre k8s webhook-certs --service nacre``). Workloads live in other namespaces and cannot mount
 that Secret, so the webhook, which mounts its ``ca.crt``, writes the PEM into the init container's
-``NACRE_KBS_CA_PEM`` (public data: CA certificates only). The file is re-read when it changes (a
-renewed Secret), and a file that stops loading keeps the last good certificates, logged once.
+``NACRE_KBS_CA_PEM`` (public data: CA certificates only). The file is re-read when its identity
+changes (a renewed Secret; :func:`nacre.tlsfiles.file_signature`, as for the certificate files),
+and a file that stops loading keeps the last good certificates, logged once.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Final
@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from nacre.errors import UsageError
+from nacre.tlsfiles import FileSignature, file_signature
 
 __all__ = ["ENV_KBS_CA_PEM", "MAX_CA_FILE_BYTES", "KbsCaFile"]
 
@@ -37,7 +38,7 @@ class KbsCaFile:
         self._path = Path(path)
         self._lock = threading.Lock()
         try:
-            self._signature = self._stat()
+            self._signature = file_signature(self._path)
             self._pem = self._load()
         except (OSError, ValueError) as exc:
             raise UsageError(
@@ -48,15 +49,11 @@ class KbsCaFile:
                 hint="mount ca.crt of the nacre-kbs-tls Secret (nacre k8s webhook-certs "
                 "--service nacre --secret nacre-kbs-tls --webhook-config '')",
             ) from exc
-        self._failed: tuple[int, int, int, int] | None = None
+        self._failed: FileSignature | None = None
 
     @property
     def path(self) -> Path:
         return self._path
-
-    def _stat(self) -> tuple[int, int, int, int]:
-        st = os.stat(self._path)
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _load(self) -> str:
         data = self._path.read_bytes()
@@ -70,7 +67,7 @@ class KbsCaFile:
         """The current certificates as PEM text."""
         with self._lock:
             try:
-                signature = self._stat()
+                signature = file_signature(self._path)
             except OSError as exc:
                 self._report(None, f"cannot stat it: {exc}")
                 return self._pem
@@ -85,7 +82,7 @@ class KbsCaFile:
             _log.info("reloaded the KBS CA certificates from %s", self._path)
             return self._pem
 
-    def _report(self, signature: tuple[int, int, int, int] | None, reason: str) -> None:
+    def _report(self, signature: FileSignature | None, reason: str) -> None:
         if signature is not None and signature == self._failed:
             return
         self._failed = signature
