@@ -9,7 +9,9 @@ releases that still load them, and ``tests/test_certs.py`` fails the day a relea
 from __future__ import annotations
 
 import base64
+import binascii
 import warnings
+from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -161,39 +163,73 @@ def _pem_blocks(text: bytes) -> list[bytes] | None:
         end = text.find(_PEM_END, begin)
         if end < 0:
             return None
+        body = text[begin + len(_PEM_BEGIN) : end].translate(None, _ASCII_WHITESPACE)
         try:
-            out.append(
-                base64.b64decode(
-                    b"".join(text[begin + len(_PEM_BEGIN) : end].split()), validate=True
-                )
-            )
-        except ValueError:
+            out.append(binascii.a2b_base64(body, strict_mode=True))
+        except binascii.Error:
             return None
         pos = end + len(_PEM_END)
     return out if not text[pos:].strip() else None
 
 
-def load_pem_chain_der(data: bytes, *, field: str) -> tuple[CertDer, ...]:
+#: What ``bytes.split()`` treats as whitespace (and PEM bodies may be wrapped with).
+_ASCII_WHITESPACE = b" \t\n\r\x0b\x0c"
+
+
+#: Certificate and TBSCertificate SEQUENCE headers in the two-byte long form, then version v3.
+_V3_CERT_PREFIX_AT = 8
+_V3_VERSION = b"\xa0\x03\x02\x01\x02"
+
+
+def _positive_serial(der: bytes) -> bool:
+    """True when ``der`` visibly starts like an X.509 v3 certificate whose serialNumber is a
+    positive INTEGER (the common layout: ``30 82 ll ll 30 82 ll ll a0 03 02 01 02 02 nn ...``).
+    False means "not known": the caller then loads it under the zero-serial warning filter."""
+    return (
+        len(der) > 16
+        and der[0] == der[4] == 0x30
+        and der[1] == der[5] == 0x82
+        and der[8:13] == _V3_VERSION
+        and der[13] == 0x02
+        and 0 < der[14] < 0x80
+        and der[15] < 0x80
+        and (der[14] > 1 or der[15] != 0)
+    )
+
+
+def load_pem_chain_der(
+    data: bytes, *, field: str, known: Sequence[CertDer] = ()
+) -> tuple[CertDer, ...]:
     """A PEM chain as :class:`CertDer` values (certificate + its DER parts), leaf first.
 
     The DER is decoded here so its signed parts can be sliced without re-encoding; fields are
     decoded lazily (callers wrap use in :func:`nacre.verify.chain.decoding`). Anything but plain
     PEM blocks goes through :func:`load_pem_chain`, which accepts or rejects it exactly as before.
+    A block whose DER is byte for byte one of ``known`` (the trust anchors, typically) is that
+    value, not loaded again.
     """
     text = _pem_text(data, field)
     blocks = _pem_blocks(text)
+    by_der = {k.der: k for k in known}
+    loaded: list[tuple[CertDer | x509.Certificate, bytes]]
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore",
-                message=".*serial number which wasn't positive.*",
-                category=CryptographyDeprecationWarning,
-            )
-            if blocks is None:
-                certs = load_pem_chain(text, field=field, eager=False)
-                blocks = [c.public_bytes(serialization.Encoding.DER) for c in certs]
-            else:
-                certs = tuple(x509.load_der_x509_certificate(b) for b in blocks)
+        if blocks is not None and all(b in by_der or _positive_serial(b) for b in blocks):
+            # No certificate here can draw the zero-serial warning: no filter to set up.
+            loaded = [(by_der.get(b) or x509.load_der_x509_certificate(b), b) for b in blocks]
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore",
+                    message=".*serial number which wasn't positive.*",
+                    category=CryptographyDeprecationWarning,
+                )
+                if blocks is None:
+                    certs = load_pem_chain(text, field=field, eager=False)
+                    loaded = [(c, c.public_bytes(serialization.Encoding.DER)) for c in certs]
+                else:
+                    loaded = [
+                        (by_der.get(b) or x509.load_der_x509_certificate(b), b) for b in blocks
+                    ]
     except _LOAD_ERRORS as exc:
         raise CollateralError(
             f"{field} is not a valid PEM certificate chain",
@@ -203,8 +239,8 @@ def load_pem_chain_der(data: bytes, *, field: str) -> tuple[CertDer, ...]:
             actual=str(exc),
         ) from exc
     return tuple(
-        cert_der(c, b, what=f"{field} certificate {i}")
-        for i, (c, b) in enumerate(zip(certs, blocks, strict=True))
+        c if isinstance(c, CertDer) else cert_der(c, b, what=f"{field} certificate {i}")
+        for i, (c, b) in enumerate(loaded)
     )
 
 

@@ -6,6 +6,7 @@ CPUSVN .2.18), PCE-ID (.3), FMSPC (.4), SGX Type (.5), PlatformInstanceID (.6), 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -117,6 +118,147 @@ def parse_pck_extensions(cert: x509.Certificate) -> PckExtensions:
 
 def parse_pck_extension_value(value: bytes) -> PckExtensions:
     """Parse the DER value of the SGX Extensions extension."""
+    if type(value) is bytes:
+        fast = _parse_fast(value)
+        if fast is not None:
+            return fast
+    return _parse_generic(value)
+
+
+# The fast path. Intel's PCK certificates all lay the extension out the same way: PPID, TCB
+# (comp01..comp16, PCESVN, CPUSVN), PCE-ID, FMSPC, SGX Type, then (Platform CA certificates)
+# PlatformInstanceID and Configuration (dynamicPlatform, cachedKeys, SMTEnabled). One compiled
+# pattern matches exactly that layout, every length written into it as a literal except the
+# three long-form SEQUENCE lengths, which are checked against the match afterwards. Anything
+# else (another order, other OIDs or sizes, negative or long integers, another length form)
+# does not match and goes to `_parse_generic`, so errors and odd-but-valid inputs are handled
+# exactly as before. Whatever the pattern accepts, `_parse_generic` accepts with the same result
+# (tests/test_pck_fast.py checks this).
+
+
+def _lit(*parts: bytes | int) -> bytes:
+    """A pattern matching these bytes literally (ints are single bytes)."""
+    return re.escape(b"".join(bytes((p,)) if isinstance(p, int) else p for p in parts))
+
+
+def _oid_tlv(oid: bytes) -> bytes:
+    return bytes((der.TAG_OID, len(oid))) + oid
+
+
+def _fixed_pair(oid: bytes, tag: int, size: int, group: str) -> bytes:
+    """SEQUENCE { OID ``oid``, ``tag`` of ``size`` bytes } with short-form lengths; the value
+    bytes in ``group``."""
+    body_len = len(_oid_tlv(oid)) + 2 + size
+    assert body_len < 0x80
+    capture = b"(?P<%s>.{%d})" % (group.encode(), size)
+    return _lit(der.TAG_SEQUENCE, body_len, _oid_tlv(oid), tag, size) + capture
+
+
+def _svn_pair(oid: bytes) -> bytes:
+    """SEQUENCE { OID ``oid``, INTEGER 0..255 } in one of the two forms whose value is the last
+    byte b, read unsigned: ``02 01 b`` (b < 0x80) or ``02 02 00 b``. Both decode to b under
+    `der.decode_int` (signed big-endian). Other INTEGERs (negative, > 255, longer) do not match."""
+    short, long = len(_oid_tlv(oid)) + 3, len(_oid_tlv(oid)) + 4
+    assert long < 0x80
+    return _lit(der.TAG_SEQUENCE) + b"(?:%s[\x00-\x7f]|%s.)" % (
+        _lit(short, _oid_tlv(oid), der.TAG_INTEGER, 1),
+        _lit(long, _oid_tlv(oid), der.TAG_INTEGER, 2, 0),
+    )
+
+
+def _long_seq() -> bytes:
+    """A SEQUENCE header with a two-byte long-form length (checked after the match)."""
+    return _lit(der.TAG_SEQUENCE, 0x82) + b".."
+
+
+_SVN_OIDS: Final = (*_TCB_COMPONENTS, _PCESVN)
+_SVN_PAIR_LEN: Final = 2 + len(_oid_tlv(_PCESVN)) + 3  # one SVN pair, 1-byte INTEGER form
+_CPUSVN_PAIR_LEN: Final = 2 + len(_oid_tlv(_CPUSVN)) + 2 + 16
+_FLAG_PAIR_LEN: Final = 2 + len(_oid_tlv(_CONFIG_FLAGS[0])) + 3
+# Fixed offsets in the value: 4-byte top header, the PPID pair, then the TCB pair's header, its
+# OID and the TCB SEQUENCE's header.
+_TCB_PAIR_AT: Final = 4 + 2 + len(_oid_tlv(_PPID)) + 2 + 16
+_TCB_AT: Final = _TCB_PAIR_AT + 4 + len(_oid_tlv(_TCB)) + 4
+_FAST_RE: Final = re.compile(
+    _long_seq()
+    + _fixed_pair(_PPID, der.TAG_OCTET_STRING, 16, "ppid")
+    + _long_seq()
+    + _lit(_oid_tlv(_TCB))
+    + _long_seq()
+    + b"".join(map(_svn_pair, _SVN_OIDS))
+    + _fixed_pair(_CPUSVN, der.TAG_OCTET_STRING, 16, "cpusvn")
+    + b"(?P<tcb_end>)"
+    + _fixed_pair(_PCEID, der.TAG_OCTET_STRING, 2, "pceid")
+    + _fixed_pair(_FMSPC, der.TAG_OCTET_STRING, 6, "fmspc")
+    + _fixed_pair(_SGX_TYPE, der.TAG_ENUMERATED, 1, "sgx_type")
+    + b"(?:"
+    + _fixed_pair(_PLATFORM_INSTANCE_ID, der.TAG_OCTET_STRING, 16, "pid")
+    + b")?(?:"
+    + _lit(
+        der.TAG_SEQUENCE,
+        len(_oid_tlv(_CONFIGURATION)) + 2 + 3 * _FLAG_PAIR_LEN,
+        _oid_tlv(_CONFIGURATION),
+        der.TAG_SEQUENCE,
+        3 * _FLAG_PAIR_LEN,
+    )
+    + b"".join(
+        _fixed_pair(oid, der.TAG_BOOLEAN, 1, f"f{i}")
+        for i, oid in enumerate(_CONFIG_FLAGS, start=1)
+    )
+    + b")?",
+    re.DOTALL,
+)
+_G_TCB_END: Final = _FAST_RE.groupindex["tcb_end"]
+_G_FIELDS: Final = tuple(
+    _FAST_RE.groupindex[name]
+    for name in ("ppid", "cpusvn", "pceid", "fmspc", "sgx_type", "pid", "f1", "f2", "f3")
+)
+#: The 2-byte INTEGER header and leading zero of an SVN in its ``02 02 00 b`` form.
+_LONG_SVN: Final = bytes((der.TAG_INTEGER, 2, 0))
+_SHORT_SVN: Final = bytes((der.TAG_INTEGER, 1))
+#: A Configuration flag as `_parse_generic` reads it (absent None, 00 False, any other byte True).
+_FLAG: Final[dict[bytes | None, bool | None]] = {None: None, b"\x00": False}
+
+
+def _parse_fast(value: bytes) -> PckExtensions | None:
+    """The extension in Intel's usual layout, or None for anything else."""
+    m = _FAST_RE.match(value)
+    if m is None:
+        return None
+    tcb_end = m.end(_G_TCB_END)
+    tcb_len = int.from_bytes(value[_TCB_AT - 2 : _TCB_AT])
+    if (
+        int.from_bytes(value[2:4]) != m.end() - 4
+        or tcb_len != tcb_end - _TCB_AT
+        or int.from_bytes(value[_TCB_PAIR_AT + 2 : _TCB_PAIR_AT + 4]) != tcb_end - _TCB_PAIR_AT - 4
+    ):
+        return None
+    # The 17 SVN pairs are validated; in each, the value is the pair's last byte. Dropping the
+    # "02 00" of every long form (the byte run 02 02 00 occurs only there: an OID's last arc
+    # byte is followed by 02 01 or 02 02, a value byte by 30 or the CPUSVN pair) leaves 17
+    # pairs of one size, the values at a fixed stride.
+    svns = value[_TCB_AT : tcb_end - _CPUSVN_PAIR_LEN].replace(_LONG_SVN, _SHORT_SVN)
+    if len(svns) != 17 * _SVN_PAIR_LEN:  # cannot happen after the match; never guess
+        return None
+    svn = tuple(svns[_SVN_PAIR_LEN - 1 :: _SVN_PAIR_LEN])
+    ppid, cpusvn, pceid, fmspc, sgx_type, pid, f1, f2, f3 = m.group(*_G_FIELDS)
+    return PckExtensions(
+        ppid=ppid,
+        tcb_components=svn[:16],
+        pce_svn=svn[16],
+        cpu_svn=cpusvn,
+        pce_id=pceid,
+        fmspc=fmspc,
+        sgx_type=int.from_bytes(sgx_type, signed=True),
+        platform_instance_id=pid,
+        dynamic_platform=_FLAG.get(f1, True),
+        cached_keys=_FLAG.get(f2, True),
+        smt_enabled=_FLAG.get(f3, True),
+    )
+
+
+def _parse_generic(value: bytes) -> PckExtensions:
+    """The general reader: any order, any length form; names the field that is wrong."""
     top, _ = der.read_one(value)
     fields = _pairs(top)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from nacre.collateral.signed_json import SignedJson, parse_signed_json
-from nacre.collateral.tcb_info import _bad, _Fields
+from nacre.collateral.tcb_info import _STATUS_SET, _STR_ONLY, _bad, _Fields
 
 __all__ = ["EnclaveIdentity", "QeTcbLevel", "parse_qe_identity"]
 
@@ -45,15 +46,11 @@ def parse_qe_identity(body: bytes) -> EnclaveIdentity:
     qe_id = f.text("id")
     if qe_id not in ("QE", "TD_QE", "QVE"):
         raise _bad("enclaveIdentity.id", "QE, TD_QE or QVE", repr(qe_id))
-    levels = []
-    for i, lv in enumerate(f.array("tcbLevels")):
-        lf = _Fields(lv, f"enclaveIdentity.tcbLevels[{i}]")
-        tcb = _Fields(lf.raw("tcb"), f"{lf.path}.tcb")
-        levels.append(
-            QeTcbLevel(
-                tcb.integer("isvsvn", 0, 0xFFFF), lf.status(), lf.text("tcbDate"), lf.advisories()
-            )
-        )
+    raw_levels = f.array("tcbLevels")
+    fast = [_level_fast(lv) for lv in raw_levels]
+    levels = [lv for lv in fast if lv is not None]
+    if len(levels) != len(fast):
+        levels = [_level(lv, i) for i, lv in enumerate(raw_levels)]
     if not levels:
         raise _bad("enclaveIdentity.tcbLevels", "at least one level", "none")
     return EnclaveIdentity(
@@ -70,4 +67,35 @@ def parse_qe_identity(body: bytes) -> EnclaveIdentity:
         isvprodid=f.integer("isvprodid", 0, 0xFFFF),
         levels=tuple(levels),
         signed=signed,
+    )
+
+
+def _level_fast(raw: Any) -> QeTcbLevel | None:
+    """A well-formed level read with plain lookups, or None: :func:`_level` then names the error."""
+    if type(raw) is not dict:
+        return None
+    tcb = raw.get("tcb")
+    if type(tcb) is not dict:
+        return None
+    isvsvn = tcb.get("isvsvn")
+    status, date = raw.get("tcbStatus"), raw.get("tcbDate")
+    advisories = raw.get("advisoryIDs", [])
+    if (
+        type(isvsvn) is not int
+        or not 0 <= isvsvn <= 0xFFFF
+        or type(status) is not str
+        or status not in _STATUS_SET
+        or type(date) is not str
+        or type(advisories) is not list
+        or (advisories and set(map(type, advisories)) != _STR_ONLY)
+    ):
+        return None
+    return QeTcbLevel(isvsvn, status, date, tuple(advisories))
+
+
+def _level(raw: Any, i: int) -> QeTcbLevel:
+    lf = _Fields(raw, f"enclaveIdentity.tcbLevels[{i}]")
+    tcb = _Fields(lf.raw("tcb"), f"{lf.path}.tcb")
+    return QeTcbLevel(
+        tcb.integer("isvsvn", 0, 0xFFFF), lf.status(), lf.text("tcbDate"), lf.advisories()
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -178,6 +179,9 @@ def _svns(tcb: _Fields, key: str) -> tuple[int, ...]:
 
 
 _STATUS_SET: Final = frozenset(TCB_STATUSES)
+_INT_ONLY: Final = {int}
+_STR_ONLY: Final = {str}
+_svn_of = operator.itemgetter("svn")
 
 
 def _byte_svns(comps: Any) -> tuple[int, ...] | None:
@@ -185,10 +189,11 @@ def _byte_svns(comps: Any) -> tuple[int, ...] | None:
     if type(comps) is not list or len(comps) != 16:
         return None
     try:
-        svns = tuple([c["svn"] for c in comps])
-    except (KeyError, TypeError, IndexError):
-        return None
-    if {type(v) for v in svns} != {int} or min(svns) < 0 or max(svns) > 255:
+        svns = tuple(map(_svn_of, comps))
+        if set(map(type, svns)) != _INT_ONLY:  # int, not bool or float
+            return None
+        bytes(svns)  # ValueError unless each is 0..255
+    except (KeyError, TypeError, IndexError, ValueError):
         return None
     return svns
 
@@ -216,15 +221,27 @@ def _level_fast(raw: Any, is_tdx: bool) -> TcbLevel | None:
         or status not in _STATUS_SET
         or type(date) is not str
         or type(advisories) is not list
-        or any(type(a) is not str for a in advisories)
+        or (advisories and set(map(type, advisories)) != _STR_ONLY)
     ):
         return None
     return TcbLevel(sgx, pce_svn, tdx, status, date, tuple(advisories))
 
 
+def _levels(raw: list[Any], version: int, is_tdx: bool) -> tuple[TcbLevel, ...]:
+    """Every level: the fast reading when all are well-formed v3, else field by field."""
+    if version == 3:
+        fast = []
+        for lv in raw:
+            level = _level_fast(lv, is_tdx)
+            if level is None:
+                break
+            fast.append(level)
+        else:
+            return tuple(fast)
+    return tuple(_level(lv, f"tcbInfo.tcbLevels[{i}]", version, is_tdx) for i, lv in enumerate(raw))
+
+
 def _level(raw: Any, path: str, version: int, is_tdx: bool) -> TcbLevel:
-    if version == 3 and (fast := _level_fast(raw, is_tdx)) is not None:
-        return fast
     f = _Fields(raw, path)
     tcb = _Fields(f.raw("tcb"), f"{path}.tcb")
     tdx = None
@@ -255,10 +272,7 @@ def parse_tcb_info(body: bytes) -> TcbInfo:
     if tcb_id not in ("SGX", "TDX"):
         raise _bad("tcbInfo.id", "SGX or TDX", repr(tcb_id))
     is_tdx = tcb_id == "TDX"
-    levels = tuple(
-        _level(lv, f"tcbInfo.tcbLevels[{i}]", version, is_tdx)
-        for i, lv in enumerate(f.array("tcbLevels"))
-    )
+    levels = _levels(f.array("tcbLevels"), version, is_tdx)
     if not levels:
         raise _bad("tcbInfo.tcbLevels", "at least one level", "none")
     module = None

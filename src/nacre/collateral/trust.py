@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from nacre.collateral.certs import load_certificate
+from nacre.collateral.x509_der import CertDer, cert_der
 from nacre.errors import UsageError
 
 __all__ = [
@@ -75,10 +76,16 @@ class TrustRoots:
     sim: bool = False
     #: SHA-256 fingerprints of the Intel anchors, concatenated: part of every cache key.
     intel_key: bytes = field(init=False, repr=False, compare=False, default=b"")
+    #: The Intel anchors' DER parts, sliced once (chains are matched and checked against them).
+    intel_der: tuple[CertDer, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         key = b"".join(c.fingerprint(hashes.SHA256()) for c in self.intel)
         object.__setattr__(self, "intel_key", key + (b"sim" if self.sim else b""))
+        parts = tuple(
+            cert_der(c, c.public_bytes(Encoding.DER), what="trust anchor") for c in self.intel
+        )
+        object.__setattr__(self, "intel_der", parts)
 
     @classmethod
     def default(cls) -> TrustRoots:

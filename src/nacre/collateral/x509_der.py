@@ -21,7 +21,6 @@ __all__ = [
     "CertDer",
     "cert_der",
     "cert_extension_value",
-    "cert_subject_der",
     "crl_signed_parts",
     "name_cn",
 ]
@@ -56,6 +55,7 @@ class CertDer:
     signature: bytes
     issuer: bytes  # issuer Name, DER
     subject: bytes  # subject Name, DER
+    signature_algorithm: bytes  # the outer signatureAlgorithm AlgorithmIdentifier, DER
 
 
 def _bad(what: str, detail: str) -> CollateralError:
@@ -66,30 +66,6 @@ def _bad(what: str, detail: str) -> CollateralError:
         expected="X.509 as RFC 5280 defines it",
         actual=detail,
     )
-
-
-def _encode(tlv: der.Tlv) -> bytes:
-    n = len(tlv.value)
-    if n < 0x80:
-        head = bytes((tlv.tag, n))
-    else:
-        body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-        head = bytes((tlv.tag, 0x80 | len(body))) + body
-    return head + tlv.value
-
-
-def cert_subject_der(cert: x509.Certificate, *, what: str = "certificate") -> bytes:
-    """DER of ``cert``'s subject Name, read from its TBS bytes."""
-    try:
-        seq, _ = der.read_one(cert.tbs_certificate_bytes)
-        fields = der.read_all(seq.value)
-        i = 1 if fields and fields[0].tag == _TAG_EXPLICIT_0 else 0
-        subject = fields[i + 4]
-        if subject.tag != der.TAG_SEQUENCE:
-            raise _bad(what, "subject is not a Name")
-        return _encode(subject)
-    except IndexError:
-        raise _bad(what, "too few TBSCertificate fields") from None
 
 
 def cert_der(cert: x509.Certificate, data: bytes, *, what: str = "certificate") -> CertDer:
@@ -132,6 +108,7 @@ def cert_der(cert: x509.Certificate, data: bytes, *, what: str = "certificate") 
             signature=data[sig_start + 1 : sig_end],
             issuer=issuer,
             subject=data[pos:subject_end],
+            signature_algorithm=data[tbs_end:alg_end],
         )
     except CollateralError as exc:
         if exc.code == "CERT_CHAIN_INVALID":

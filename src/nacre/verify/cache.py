@@ -52,8 +52,12 @@ class VerifyCache:
         value, windows = compute()
         if not windows:
             raise ValueError("a cached verification result must name the windows it depends on")
-        not_before = max(w.not_before for w in windows)
-        not_after = min(w.not_after for w in windows)
+        not_before, not_after = windows[0].not_before, windows[0].not_after
+        for w in windows:
+            if w.not_before > not_before:
+                not_before = w.not_before
+            if w.not_after < not_after:
+                not_after = w.not_after
         with self._lock:
             self._entries[key] = (value, not_before, not_after)
             self._entries.move_to_end(key)

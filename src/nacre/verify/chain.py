@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
+from types import TracebackType
+from typing import Final, NoReturn
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -13,14 +14,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from nacre.collateral.trust import SIM_ROOT_CA_CN
-from nacre.collateral.x509_der import CertDer, cert_der, cert_subject_der, crl_signed_parts, name_cn
+from nacre.collateral.x509_der import (
+    CertDer,
+    cert_der,
+    cert_extension_value,
+    crl_signed_parts,
+    name_cn,
+)
 from nacre.errors import CollateralError, VerificationError
 from nacre.verify.cache import Window
 from nacre.verify.result import ChainLink
 
 __all__ = [
     "anchor_cn",
-    "anchor_subject_der",
     "check_crl",
     "check_not_revoked",
     "check_time",
@@ -71,19 +77,30 @@ def refuse_simulation(name: x509.Name, anchors: Sequence[x509.Certificate], what
         )
 
 
-@functools.lru_cache(maxsize=64)
-def anchor_subject_der(cert: x509.Certificate) -> bytes:
-    """DER of a trust anchor's subject Name (to match a CRL's issuer without building Names)."""
-    return cert_subject_der(cert)
+class _Decoding:
+    """Context manager of :func:`decoding` (a class: it sits on the cold verification path)."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, _DECODE_ERRORS):
+            raise _undecodable(self.what, exc) from exc
 
 
-@contextlib.contextmanager
-def decoding(what: str) -> Iterator[None]:
+def decoding(what: str) -> _Decoding:
     """Turn `cryptography`'s lazy decoding failures into a CollateralError naming ``what``."""
-    try:
-        yield
-    except _DECODE_ERRORS as exc:
-        raise _undecodable(what, exc) from exc
+    return _Decoding(what)
 
 
 def check_time(
@@ -131,36 +148,43 @@ def _anchor_der(cert: x509.Certificate) -> CertDer:
     return cert_der(cert, cert.public_bytes(serialization.Encoding.DER), what="trust anchor")
 
 
-def _der_signed_by(child: CertDer, parent: CertDer) -> bool:
-    """As :func:`_signed_by`, over the sliced DER: Names compared as bytes, one ECDSA check.
+def _ecdsa_alg_der(oid: bytes) -> bytes:
+    """DER of an ECDSA AlgorithmIdentifier (parameters absent, RFC 5758 §3.2)."""
+    return b"\x30" + bytes((len(oid) + 2,)) + b"\x06" + bytes((len(oid),)) + oid
 
-    Byte-equal Names are equal Names, and the TBS bytes are the ones signed, so this decides the
-    same as ``verify_directly_issued_by`` without re-encoding the TBS or building Names. Anything
-    else (Names equal only after normalisation, non-EC issuers) takes that reference path.
+
+_ECDSA_HASHES: Final = ((2, hashes.SHA256()), (3, hashes.SHA384()), (4, hashes.SHA512()))
+#: Certificate signatureAlgorithm DER -> the ECDSA verifier it names (ecdsa-with-SHA256/384/512).
+_ECDSA_BY_ALG_DER: Final = {
+    _ecdsa_alg_der(b"\x2a\x86\x48\xce\x3d\x04\x03" + bytes((n,))): ec.ECDSA(h)
+    for n, h in _ECDSA_HASHES
+}
+#: Hash name -> ECDSA verifier (reused: building one per call shows on the cold path).
+_ECDSA_BY_HASH: Final = {h.name: ec.ECDSA(h) for _, h in _ECDSA_HASHES}
+
+
+def _der_signed_by(child: CertDer, parent: CertDer) -> bool:
+    """``parent``'s subject is ``child``'s issuer and its key signed ``child``.
+
+    Over the sliced DER for ECDSA: byte-equal Names are equal Names, and the TBS bytes are the
+    ones signed, so this decides as ``verify_directly_issued_by`` does without re-encoding the TBS
+    or building Names. Anything else (Names equal only after normalisation, other algorithms,
+    parameters in the AlgorithmIdentifier) takes ``verify_directly_issued_by`` itself.
     """
-    key = parent.cert.public_key()
-    algorithm = child.cert.signature_hash_algorithm
-    if (
-        child.issuer != parent.subject
-        or not isinstance(key, ec.EllipticCurvePublicKey)
-        or child.cert.signature_algorithm_oid not in _ECDSA_SIGNATURE_OIDS
-        or algorithm is None
-    ):
-        return _signed_by(child.cert, parent.cert)
+    algorithm = _ECDSA_BY_ALG_DER.get(child.signature_algorithm)
+    if algorithm is not None and child.issuer == parent.subject:
+        key = parent.cert.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            try:
+                key.verify(child.signature, child.tbs, algorithm)
+            except InvalidSignature:
+                return False
+            return True
     try:
-        key.verify(child.signature, child.tbs, ec.ECDSA(algorithm))
-    except InvalidSignature:
+        child.cert.verify_directly_issued_by(parent.cert)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True
-
-
-_ECDSA_SIGNATURE_OIDS = frozenset(
-    {
-        x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256,
-        x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384,
-        x509.SignatureAlgorithmOID.ECDSA_WITH_SHA512,
-    }
-)
 
 
 def _link_name(cert: CertDer) -> str:
@@ -168,16 +192,34 @@ def _link_name(cert: CertDer) -> str:
     return name if name is not None else cn(cert.cert)
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+_BASIC_CONSTRAINTS_OID: Final = b"\x55\x1d\x13"  # 2.5.29.19
+#: BasicConstraints values read without `cryptography`: cA TRUE (pathLen absent or 0..9) or empty.
+_CA_TRUE: Final = b"\x30\x03\x01\x01\xff"
+
+
+def _is_ca(cert: CertDer) -> bool:
+    """basicConstraints cA is TRUE. The DER forms Intel and AMD use are read directly; anything
+    else is judged by `cryptography`, which decodes (and checks) every extension."""
+    value = cert_extension_value(cert, _BASIC_CONSTRAINTS_OID, what="certificate")
+    if value == _CA_TRUE or (
+        len(value or b"") == 8
+        and value is not None
+        and value[:7] == b"\x30\x06\x01\x01\xff\x02\x01"
+        and value[7] < 10
+    ):
+        return True
+    if value == b"\x30\x00":
+        return False
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+        ext = cert.cert.extensions.get_extension_for_class(x509.BasicConstraints)
     except x509.ExtensionNotFound:
         return False
+    return bool(ext.value.ca)
 
 
 def verify_chain_to_anchor(
     chain: Sequence[x509.Certificate] | Sequence[CertDer],
-    anchors: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate] | Sequence[CertDer],
     now: datetime,
     *,
     what: str,
@@ -192,82 +234,30 @@ def verify_chain_to_anchor(
     next, every intermediate is a CA, and all are valid at ``now``. Returns the certificates
     (leaf ... anchor), the links and the validity windows involved.
 
-    ``chain`` as :class:`CertDer` (from :func:`nacre.collateral.certs.load_pem_chain_der`) takes
-    the fast path: signatures checked over the sliced DER, names read from it.
+    Certificates and anchors may come as :class:`CertDer` (from
+    :func:`nacre.collateral.certs.load_pem_chain_der` and ``TrustRoots.intel_der``); plain
+    certificates are sliced here.
     """
     with decoding(what):
-        ders = [c for c in chain if isinstance(c, CertDer)]
-        if ders:
-            return _verify_der_chain(ders, anchors, now, what, roles, expired_code, early_code)
-        certs = [c for c in chain if isinstance(c, x509.Certificate)]
-        return _verify_chain(certs, anchors, now, what, roles, expired_code, early_code)
+        certs = [_as_der(c, f"{what} certificate {i}") for i, c in enumerate(chain)]
+        roots = [
+            _anchor_der(a) if isinstance(a, x509.Certificate) else _as_der(a, "trust anchor")
+            for a in anchors
+        ]
+        return _verify_chain(certs, roots, now, what, roles, expired_code, early_code)
 
 
-def _verify_der_chain(
-    certs: list[CertDer],
-    anchors: Sequence[x509.Certificate],
-    now: datetime,
-    what: str,
-    roles: Sequence[str],
-    expired_code: str,
-    early_code: str,
-) -> tuple[tuple[x509.Certificate, ...], tuple[ChainLink, ...], tuple[Window, ...]]:
-    """:func:`_verify_chain` over sliced DER (same checks, same order, same errors)."""
-    top = certs[-1]
-    anchor = next((a for a in anchors if _anchor_der(a).der == top.der), None)
-    if anchor is not None:
-        certs.pop()
-    else:
-        anchor = next((a for a in anchors if _der_signed_by(top, _anchor_der(a))), None)
-    if anchor is None:
-        # The reference path words every refusal (simulation root, untrusted root, issuer).
-        return _verify_chain(
-            [c.cert for c in certs], anchors, now, what, roles, expired_code, early_code
-        )
-    full = [*certs, _anchor_der(anchor)]
-    links: list[ChainLink] = []
-    windows: list[Window] = []
-    last = len(full) - 1
-    for i, c in enumerate(full):
-        cert = c.cert
-        role = roles[i] if i < len(roles) else ("root" if i == last else "intermediate")
-        name = anchor_cn(anchor) if i == last else _link_name(c)
-        nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
-        check_time(
-            f"{what}: {role} certificate '{name}'",
-            nb,
-            na,
-            now,
-            expired_code=expired_code,
-            early_code=early_code,
-        )
-        windows.append(Window(nb, na))
-        links.append(ChainLink(role, name, nb, na))
-        if i == last:
-            continue
-        parent = full[i + 1]
-        if not _der_signed_by(c, parent):
-            raise VerificationError(
-                f"{what}: '{name}' is not signed by '{_link_name(parent)}'",
-                code="CERT_CHAIN_INVALID",
-                field=f"{what} {role} signature",
-                expected=f"issued and signed by {_link_name(parent)}",
-                actual=f"issuer {cert.issuer.rfc4514_string()}",
-            )
-        if i + 1 != last and not _is_ca(parent.cert):
-            raise VerificationError(
-                f"{what}: issuer '{_link_name(parent)}' is not a CA",
-                code="CERT_CHAIN_INVALID",
-                field=f"{what} issuer basicConstraints",
-                expected="CA:TRUE",
-                actual="CA:FALSE or absent",
-            )
-    return tuple(c.cert for c in full), tuple(links), tuple(windows)
+def _as_der(cert: object, what: str) -> CertDer:
+    if isinstance(cert, CertDer):
+        return cert
+    if not isinstance(cert, x509.Certificate):
+        raise TypeError(f"{what}: expected a certificate, got {type(cert).__name__}")
+    return cert_der(cert, cert.public_bytes(serialization.Encoding.DER), what=what)
 
 
 def _verify_chain(
-    certs: list[x509.Certificate],
-    anchors: Sequence[x509.Certificate],
+    certs: list[CertDer],
+    anchors: list[CertDer],
     now: datetime,
     what: str,
     roles: Sequence[str],
@@ -279,69 +269,77 @@ def _verify_chain(
             f"{what} is empty", code="CERT_CHAIN_INVALID", field=what, expected=">= 1", actual="0"
         )
     top = certs[-1]
-    anchor = next((a for a in anchors if a == top), None)
+    anchor = next((a for a in anchors if a.der == top.der), None)
     if anchor is not None:
         certs.pop()
     else:
-        anchor = next((a for a in anchors if _signed_by(top, a)), None)
+        anchor = next((a for a in anchors if _der_signed_by(top, a)), None)
     if anchor is None:
-        refuse_simulation(top.issuer, anchors, what)
-        names = " or ".join(anchor_cn(a) for a in anchors) or "(no anchors)"
-        if top.issuer == top.subject:
-            raise VerificationError(
-                f"{what} ends in a root nacre does not trust: {cn(top)}",
-                code="CERT_CHAIN_INVALID",
-                field=f"{what} root",
-                expected=names,
-                actual=f"{cn(top)} (sha256 {top.fingerprint(hashes.SHA256()).hex()[:16]}...)",
-                hint="pass --trust-root FILE for a private or simulation PKI",
-            )
-        raise VerificationError(
-            f"{what} is not issued by a trusted root",
-            code="CERT_CHAIN_INVALID",
-            field=f"{what} issuer",
-            expected=names,
-            actual=top.issuer.rfc4514_string(),
-            hint="pass --trust-root FILE for a private or simulation PKI",
-        )
+        _refuse_untrusted(top.cert, [a.cert for a in anchors], what)
     full = [*certs, anchor]
     links: list[ChainLink] = []
     windows: list[Window] = []
+    last = len(full) - 1
     for i, c in enumerate(full):
-        is_anchor = i == len(full) - 1
-        role = roles[i] if i < len(roles) else ("root" if is_anchor else "intermediate")
-        name = anchor_cn(c) if is_anchor else cn(c)
-        nb, na = c.not_valid_before_utc, c.not_valid_after_utc
-        check_time(
-            f"{what}: {role} certificate '{name}'",
-            nb,
-            na,
-            now,
-            expired_code=expired_code,
-            early_code=early_code,
-        )
+        role = roles[i] if i < len(roles) else ("root" if i == last else "intermediate")
+        name = _link_name(c)
+        nb, na = c.cert.not_valid_before_utc, c.cert.not_valid_after_utc
+        if not nb <= now <= na:
+            check_time(
+                f"{what}: {role} certificate '{name}'",
+                nb,
+                na,
+                now,
+                expired_code=expired_code,
+                early_code=early_code,
+            )
         windows.append(Window(nb, na))
         links.append(ChainLink(role, name, nb, na))
-        if is_anchor:
+        if i == last:
             continue
         parent = full[i + 1]
-        if not _signed_by(c, parent):
+        if not _der_signed_by(c, parent):
             raise VerificationError(
-                f"{what}: '{name}' is not signed by '{cn(parent)}'",
+                f"{what}: '{name}' is not signed by '{_link_name(parent)}'",
                 code="CERT_CHAIN_INVALID",
                 field=f"{what} {role} signature",
-                expected=f"issued and signed by {cn(parent)}",
-                actual=f"issuer {c.issuer.rfc4514_string()}",
+                expected=f"issued and signed by {_link_name(parent)}",
+                actual=f"issuer {c.cert.issuer.rfc4514_string()}",
             )
-        if parent is not anchor and not _is_ca(parent):
+        if i + 1 != last and not _is_ca(parent):
             raise VerificationError(
-                f"{what}: issuer '{cn(parent)}' is not a CA",
+                f"{what}: issuer '{_link_name(parent)}' is not a CA",
                 code="CERT_CHAIN_INVALID",
                 field=f"{what} issuer basicConstraints",
                 expected="CA:TRUE",
                 actual="CA:FALSE or absent",
             )
-    return tuple(full), tuple(links), tuple(windows)
+    return tuple(c.cert for c in full), tuple(links), tuple(windows)
+
+
+def _refuse_untrusted(
+    top: x509.Certificate, anchors: Sequence[x509.Certificate], what: str
+) -> NoReturn:
+    """The chain reaches none of ``anchors``: say why (simulation, unknown root, unknown issuer)."""
+    refuse_simulation(top.issuer, anchors, what)
+    names = " or ".join(anchor_cn(a) for a in anchors) or "(no anchors)"
+    if top.issuer == top.subject:
+        raise VerificationError(
+            f"{what} ends in a root nacre does not trust: {cn(top)}",
+            code="CERT_CHAIN_INVALID",
+            field=f"{what} root",
+            expected=names,
+            actual=f"{cn(top)} (sha256 {top.fingerprint(hashes.SHA256()).hex()[:16]}...)",
+            hint="pass --trust-root FILE for a private or simulation PKI",
+        )
+    raise VerificationError(
+        f"{what} is not issued by a trusted root",
+        code="CERT_CHAIN_INVALID",
+        field=f"{what} issuer",
+        expected=names,
+        actual=top.issuer.rfc4514_string(),
+        hint="pass --trust-root FILE for a private or simulation PKI",
+    )
 
 
 #: What `cryptography` raises when it decodes a damaged field lazily.
@@ -379,8 +377,9 @@ def _crl_signed_by(
             tbs, signature, _ = crl_signed_parts(der, what=what)
         else:
             tbs, signature = crl.tbs_certlist_bytes, crl.signature
+        ecdsa = _ECDSA_BY_HASH.get(getattr(algorithm, "name", "")) or ec.ECDSA(algorithm)
         try:
-            pub.verify(signature, tbs, ec.ECDSA(algorithm))
+            pub.verify(signature, tbs, ecdsa)
         except InvalidSignature:
             return False
         return True

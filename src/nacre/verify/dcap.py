@@ -32,7 +32,6 @@ from nacre.evidence.sgx import EnclaveReportBody
 from nacre.evidence.tdx import TdReport10, TdReport15
 from nacre.verify.cache import VerifyCache, Window, default_cache
 from nacre.verify.chain import (
-    anchor_subject_der,
     check_crl,
     check_not_revoked,
     check_time,
@@ -165,7 +164,7 @@ class _Collateral:
         self, bundle: CollateralBundle, trust: TrustRoots, now: datetime, cache: VerifyCache
     ) -> None:
         self.bundle = bundle
-        self.anchors = trust.intel
+        self.anchors = trust.intel_der
         self.now = now
         self.cache = cache
         self.akey = trust.intel_key
@@ -174,7 +173,7 @@ class _Collateral:
         """A PEM chain verified to the anchors; shared by TCB info and QE identity (same signer)."""
 
         def compute() -> tuple[_Chain, tuple[Window, ...]]:
-            ders = load_pem_chain_der(pem, field=what)
+            ders = load_pem_chain_der(pem, field=what, known=self.anchors)
             certs, links, windows = verify_chain_to_anchor(
                 ders, self.anchors, self.now, what=what, roles=roles
             )
@@ -190,10 +189,10 @@ class _Collateral:
             der = crl_der(raw, field="root_ca_crl.der")
             crl = load_crl(der, field="root_ca_crl.der")
             issuer = crl_signed_parts(der, what="root_ca_crl.der")[2]
-            match = [a for a in self.anchors if anchor_subject_der(a) == issuer]
+            match = [a for a in self.anchors if a.subject == issuer]
             window = check_crl(
                 crl,
-                (match or list(self.anchors))[0],
+                (match or list(self.anchors))[0].cert,
                 self.now,
                 what="Intel SGX Root CA CRL",
                 der=der,
