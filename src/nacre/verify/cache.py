@@ -1,8 +1,8 @@
 """Cache of collateral-side verification results (chains, CRLs, signed TCB info / QE identity).
 
-Keyed by content hash, bounded (LRU), thread-safe. Every entry carries the validity windows it
-depends on; a hit is served only when ``now`` lies inside all of them, otherwise the work is redone
-(and fails with the precise error). Evidence signatures are never cached: real evidence never repeats.
+Keyed by content (the bytes, or their SHA-256), bounded (LRU), thread-safe. Every entry carries
+the validity windows it depends on; a hit is served only when ``now`` lies inside all of them,
+otherwise the work is redone (and fails with the precise error). Evidence signatures are never cached: real evidence never repeats.
 """
 
 from __future__ import annotations

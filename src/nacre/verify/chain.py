@@ -133,15 +133,6 @@ def check_time(
         )
 
 
-def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    """``parent``'s subject is ``child``'s issuer and its key signed ``child`` (checked in Rust)."""
-    try:
-        child.verify_directly_issued_by(parent)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        return False
-    return True
-
-
 @functools.lru_cache(maxsize=64)
 def _anchor_der(cert: x509.Certificate) -> CertDer:
     """A trust anchor's DER parts, computed once per anchor."""
@@ -195,17 +186,15 @@ def _link_name(cert: CertDer) -> str:
 _BASIC_CONSTRAINTS_OID: Final = b"\x55\x1d\x13"  # 2.5.29.19
 #: BasicConstraints values read without `cryptography`: cA TRUE (pathLen absent or 0..9) or empty.
 _CA_TRUE: Final = b"\x30\x03\x01\x01\xff"
+_CA_TRUE_PATHLEN: Final = b"\x30\x06\x01\x01\xff\x02\x01"  # then one byte, the pathLen
 
 
 def _is_ca(cert: CertDer) -> bool:
     """basicConstraints cA is TRUE. The DER forms Intel and AMD use are read directly; anything
     else is judged by `cryptography`, which decodes (and checks) every extension."""
     value = cert_extension_value(cert, _BASIC_CONSTRAINTS_OID, what="certificate")
-    if value == _CA_TRUE or (
-        len(value or b"") == 8
-        and value is not None
-        and value[:7] == b"\x30\x06\x01\x01\xff\x02\x01"
-        and value[7] < 10
+    if value is not None and (
+        value == _CA_TRUE or (len(value) == 8 and value[:7] == _CA_TRUE_PATHLEN and value[7] < 10)
     ):
         return True
     if value == b"\x30\x00":

@@ -157,7 +157,8 @@ class _Signed:
 class _Collateral:
     """Verifies each collateral item once per content (cached), against ``trust`` at ``now``.
 
-    Cache keys are tuples of (kind, anchors fingerprint, content SHA-256 ...).
+    Cache keys are tuples of (kind, anchors fingerprint, content ...): the bundle's items by
+    their SHA-256, the quote's PCK chain by its bytes.
     """
 
     def __init__(
@@ -169,8 +170,12 @@ class _Collateral:
         self.cache = cache
         self.akey = trust.intel_key
 
-    def chain(self, pem: bytes, digest: bytes, *, what: str, roles: tuple[str, ...]) -> _Chain:
-        """A PEM chain verified to the anchors; shared by TCB info and QE identity (same signer)."""
+    def chain(self, pem: bytes, *, what: str, roles: tuple[str, ...]) -> _Chain:
+        """A PEM chain verified to the anchors; shared by TCB info and QE identity (same signer).
+
+        Keyed by the PEM bytes themselves: a dict lookup hashes them (cheaper than SHA-256 of a
+        few KB on every warm call) and compares them in full on a hit, so no collision can serve
+        one chain's result for another."""
 
         def compute() -> tuple[_Chain, tuple[Window, ...]]:
             ders = load_pem_chain_der(pem, field=what, known=self.anchors)
@@ -179,7 +184,7 @@ class _Collateral:
             )
             return _Chain(certs, ders[0], links, windows), windows
 
-        return self.cache.get_or_compute(("chain", self.akey, digest), self.now, compute)
+        return self.cache.get_or_compute(("chain", self.akey, pem), self.now, compute)
 
     def root_crl(self) -> _RootCrl:
         # Step 1. The root CA CRL is signed by the trust anchor and current.
@@ -205,12 +210,10 @@ class _Collateral:
     def pck(self, pem: bytes, root: _RootCrl) -> _Pck:
         # Step 2. PCK leaf -> PCK Processor/Platform CA -> Intel SGX Root CA; CRLs of both CAs.
         raw_crl = _need(self.bundle, "pck_crl.der")
-        pem_digest = hashlib.sha256(pem).digest()
 
         def compute() -> tuple[_Pck, tuple[Window, ...]]:
             verified = self.chain(
                 pem,
-                pem_digest,
                 what="PCK certificate chain",
                 roles=("PCK leaf", "PCK CA", "root"),
             )
@@ -256,7 +259,7 @@ class _Collateral:
         key = (
             "pck",
             self.akey,
-            pem_digest,
+            pem,
             self.bundle.digests["pck_crl.der"],
             self.bundle.digests["root_ca_crl.der"],
         )
@@ -289,7 +292,6 @@ class _Collateral:
                 )
             verified = self.chain(
                 chain_pem,
-                self.bundle.digests[chain_name],
                 what=f"{label} issuer chain",
                 roles=("TCB signing", "root"),
             )
