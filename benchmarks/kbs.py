@@ -23,9 +23,14 @@ One run:
 Why threads with the real SDK rather than an asyncio reimplementation: the figure then measures
 exactly the code a workload runs, and every handshake is complete (new session, nonce, quote and
 TEE key). The client's own CPU cost per handshake is reported, so one can see when the load
-generator, rather than the server, is the limit (measured: ~9 ms of client CPU per handshake
-against ~30 ms in the server, so 64 threads are not what limits the figure). The machine's cores are shared by the server and the clients: the
-report prints the core count and both CPU costs.
+generator, rather than the server, is the limit (measured on 2 cores: ~4 ms of client CPU per
+handshake against ~7-9 ms in the server). The machine's cores are shared by the server and the
+clients: the report prints the core count and both CPU costs.
+
+Where the server's CPU goes (py-spy, 1 client, after the store and KBS hot paths were trimmed):
+about a third is the HTTP stack (uvicorn, FastAPI/Starlette middleware, thread hand-off) for the
+three requests, a quarter the three durable commits and the audit append, and the crypto floor's
+work most of the rest.
 
 Figures are printed, never asserted: timings vary by machine. Every loop is bounded in time and
 in count; all traffic goes to 127.0.0.1; the server is stopped at the end, on Ctrl-C and on errors.

@@ -41,6 +41,7 @@ from nacre.limits import MAX_EVIDENCE_BYTES
 from nacre.server.config import ServerConfig
 from nacre.server.problems import Problem
 from nacre.store import NotFoundError, Store
+from nacre.store import Policy as StoredPolicy
 from nacre.verify import VerifiedEvidence, verify
 
 __all__ = ["COLLATERAL_CACHE_SECONDS", "DEFAULT_POLICY_ID", "Appraised", "Attester"]
@@ -51,6 +52,13 @@ DEFAULT_POLICY_ID: Final = "default"
 _TEES: Final = ("sgx", "tdx", "snp")
 #: DCAP quote header ``tee_type`` (offset 4, u32 LE): 0 SGX, 0x81 TDX.
 _DCAP_TEE_TYPES: Final = {0x00: "sgx", 0x81: "tdx"}
+
+
+class _NotRead:
+    """The type of :data:`_NOT_READ`: the caller has not read the policy row."""
+
+
+_NOT_READ: Final = _NotRead()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +80,9 @@ class Attester:
             self._sim_pems = tuple(c.public_bytes(Encoding.PEM) for c in self._sim.intel)
         self._lock = threading.Lock()
         self._bundles: dict[str, tuple[float, CollateralBundle]] = {}
-        self._policies: dict[tuple[str, int], Policy] = {}
+        #: Parsed appraisal policies by id, with the document each came from (reused only for
+        #: that same document: exact whatever replica changed the row).
+        self._policies: dict[str, tuple[str, Policy]] = {}
         self._default = policy_from_dict(
             {
                 "version": 1,
@@ -191,8 +201,19 @@ class Attester:
     def policy(self, policy_id: str | None) -> tuple[str, Policy]:
         wanted = policy_id or DEFAULT_POLICY_ID
         try:
-            stored = self._store.get_policy(wanted)
+            stored: StoredPolicy | None = self._store.get_policy(wanted)
         except NotFoundError:
+            stored = None
+        except UsageError as exc:
+            raise Problem.from_error(400, exc, kind="BadRequest") from None
+        return self.resolve_policy(policy_id, stored)
+
+    def resolve_policy(
+        self, policy_id: str | None, stored: StoredPolicy | None
+    ) -> tuple[str, Policy]:
+        """The appraisal policy for ``policy_id`` (None: the stored ``default``, else the built-in
+        one) given ``stored``, the row of that id just read (None: no such row)."""
+        if stored is None:
             if policy_id is None:
                 return DEFAULT_POLICY_ID, self._default
             raise Problem(
@@ -203,9 +224,7 @@ class Attester:
                 field="policy_id",
                 expected="a stored appraisal policy id",
                 actual=policy_id,
-            ) from None
-        except UsageError as exc:
-            raise Problem.from_error(400, exc, kind="BadRequest") from None
+            )
         if stored.kind != "appraisal":
             raise Problem(
                 400,
@@ -216,22 +235,35 @@ class Attester:
                 expected="appraisal",
                 actual=stored.kind,
             )
-        key = (stored.id, stored.version)
         with self._lock:
-            cached = self._policies.get(key)
-        if cached is None:
-            try:
-                cached = parse_policy(stored.document, source=f"policy {stored.id}")
-            except PolicyDocumentError as exc:
-                raise Problem.from_error(500, exc, kind="PolicyEngine") from None
-            with self._lock:
-                self._policies[key] = cached
-        return stored.id, cached
+            cached = self._policies.get(stored.id)
+        if cached is not None and cached[0] == stored.document:
+            return stored.id, cached[1]
+        try:
+            parsed = parse_policy(stored.document, source=f"policy {stored.id}")
+        except PolicyDocumentError as exc:
+            raise Problem.from_error(500, exc, kind="PolicyEngine") from None
+        with self._lock:
+            self._policies[stored.id] = (stored.document, parsed)
+        return stored.id, parsed
 
     def appraise(
-        self, evidence: bytes, *, tee: str, now: datetime, policy_id: str | None, kbs: bool = False
+        self,
+        evidence: bytes,
+        *,
+        tee: str,
+        now: datetime,
+        policy_id: str | None,
+        kbs: bool = False,
+        stored: StoredPolicy | _NotRead | None = _NOT_READ,
     ) -> Appraised:
-        pid, policy = self.policy(policy_id)
+        """Verify and appraise ``evidence``. ``stored``: the row of the policy (``policy_id``, or
+        ``default`` when None) the caller has just read with its own query (None: no such row);
+        read here when not given."""
+        if isinstance(stored, _NotRead):
+            pid, policy = self.policy(policy_id)
+        else:
+            pid, policy = self.resolve_policy(policy_id, stored)
         verified = self.verify(evidence, tee=tee, now=now, kbs=kbs)
         return Appraised(verified, appraise(verified, policy), pid)
 

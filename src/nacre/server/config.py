@@ -33,6 +33,13 @@ MAX_ADMIN_BODY_BYTES: Final = 2 * 1024 * 1024
 DEFAULT_SESSION_TTL: Final = timedelta(minutes=5)
 #: Lifetime of an EAR token (Trustee's default is 5 minutes too).
 DEFAULT_TOKEN_TTL: Final = timedelta(minutes=5)
+#: Threads running the blocking KBS handlers (``ServerConfig.worker_threads`` None): the handlers
+#: are mostly Python under one GIL, so more threads mainly hand the GIL to each other. On SQLite the
+#: only waits are commits (~0.5 ms): a few threads overlap them (benchmarks/kbs.py, 2 cores, 64
+#: clients: 2-4 threads ~8.4-8.7 ms server CPU per handshake, 32 threads ~9.1-9.7). PostgreSQL
+#: adds network round trips: more threads overlap them.
+SQLITE_WORKER_THREADS: Final = 4
+DEFAULT_WORKER_THREADS: Final = 16
 #: Longest admin JWT lifetime accepted (``exp - iat``).
 ADMIN_TOKEN_MAX_TTL: Final = timedelta(minutes=15)
 
@@ -82,3 +89,6 @@ class ServerConfig:
     bootstrap_admin: bool = True
     #: The clock (tests move it forward to expire sessions and rotate keys).
     clock: Callable[[], datetime] = utc_now
+    #: Threads running the blocking KBS handlers (the other routes use anyio's thread pool);
+    #: None: :data:`SQLITE_WORKER_THREADS` on SQLite, else :data:`DEFAULT_WORKER_THREADS`.
+    worker_threads: int | None = None

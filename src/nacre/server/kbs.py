@@ -21,16 +21,19 @@ from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import JSONResponse, Response
 
 from nacre.errors import NacreError, UsageError
+from nacre.server.attest import DEFAULT_POLICY_ID
 from nacre.server.models import KbsAttestRequest, KbsAuthRequest
 from nacre.server.observe import log_event
 from nacre.server.problems import Problem
 from nacre.server.release import evaluate_release
 from nacre.server.service import BEARER, KBS_TEES, NacreService, b64decode
 from nacre.store import NonceError, NotFoundError, ResourceName, Session
+from nacre.store import Policy as StoredPolicy
 from nacre.token import (
     EarClaims,
     JweError,
     TokenError,
+    check_tee_key,
     encrypt_for_tee_key,
     kbs_report_data,
 )
@@ -101,8 +104,11 @@ def kbs_router(svc: NacreService) -> APIRouter:
     config = svc.config
 
     @router.post("/kbs/v0/auth", tags=["kbs"])
-    def kbs_auth(body: KbsAuthRequest) -> JSONResponse:
+    async def kbs_auth(body: KbsAuthRequest) -> JSONResponse:
         """RCAR request: a session (cookie ``kbs-session-id``) and its challenge nonce."""
+        return await svc.offload(_auth, body)
+
+    def _auth(body: KbsAuthRequest) -> JSONResponse:
         if body.version != KBS_PROTOCOL_VERSION:
             raise Problem(
                 400,
@@ -158,20 +164,27 @@ def kbs_router(svc: NacreService) -> APIRouter:
             )
         return sid
 
-    def _live_session(sid: str, now: datetime) -> Session:
+    def _live_session(
+        sid: str, now: datetime, policy_id: str | None = None
+    ) -> tuple[Session, StoredPolicy | None]:
+        """The live session and, read in the same statement, the policy ``policy_id``."""
         try:
-            return svc.store.get_session(sid, now=now)
+            return svc.store.kbs_session(sid, now=now, policy_id=policy_id)
         except (NotFoundError, UsageError) as exc:
             raise Problem.from_error(
                 401, exc, kind="UnAuthenticated", kbs=True, title="KBS session unknown or expired"
             ) from None
 
     @router.post("/kbs/v0/attest", tags=["kbs"])
-    def kbs_attest(request: Request, body: KbsAttestRequest) -> JSONResponse:
+    async def kbs_attest(request: Request, body: KbsAttestRequest) -> JSONResponse:
         """RCAR attestation: evidence binding the TEE key and the nonce -> EAR token."""
+        return await svc.offload(_attest, request, body)
+
+    def _attest(request: Request, body: KbsAttestRequest) -> JSONResponse:
         now = svc.now()
         sid = _session(request)
-        session = _live_session(sid, now)
+        # The appraisal policy (stored "default", else the built-in one) comes with the session.
+        session, stored_policy = _live_session(sid, now, DEFAULT_POLICY_ID)
         rd = body.runtime_data
         if session.state != "pending":
             raise Problem(
@@ -198,7 +211,7 @@ def kbs_router(svc: NacreService) -> APIRouter:
                 actual=rd.nonce[:64],
             )
         try:
-            encrypt_for_tee_key(b"", rd.tee_pubkey)  # refuses keys a resource could not be sent to
+            check_tee_key(rd.tee_pubkey)  # refuses keys a resource could not be sent to
         except JweError as exc:
             raise Problem.from_error(
                 400, exc, kind="JweError", kbs=True, check="tee-pubkey"
@@ -210,7 +223,7 @@ def kbs_router(svc: NacreService) -> APIRouter:
             raise Problem.from_error(400, exc, kind="SerdeError", kbs=True) from None
         try:
             appraised = svc.attester.appraise(
-                quote, tee=session.tee, now=now, policy_id=None, kbs=True
+                quote, tee=session.tee, now=now, policy_id=None, kbs=True, stored=stored_policy
             )
         except Problem as problem:
             svc.metrics.attestations.labels("kbs", session.tee, "refused").inc()
@@ -285,7 +298,7 @@ def kbs_router(svc: NacreService) -> APIRouter:
         return response
 
     @router.get("/kbs/v0/resource/{repo}/{type}/{tag}", tags=["kbs"])
-    def kbs_resource(
+    async def kbs_resource(
         repo: str,
         type: str,
         tag: str,
@@ -293,6 +306,15 @@ def kbs_router(svc: NacreService) -> APIRouter:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
     ) -> JSONResponse:
         """The resource as a flattened JWE to the attested TEE key, if its release policy allows."""
+        return await svc.offload(_resource, repo, type, tag, request, credentials)
+
+    def _resource(
+        repo: str,
+        type: str,
+        tag: str,
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None,
+    ) -> JSONResponse:
         now = svc.now()
         try:
             name = ResourceName.parse(f"{repo}/{type}/{tag}")
@@ -301,7 +323,7 @@ def kbs_router(svc: NacreService) -> APIRouter:
         if credentials is not None:
             token = credentials.credentials
         else:
-            session = _live_session(_session(request), now)
+            session = _live_session(_session(request), now)[0]
             if session.state != "attested" or session.token is None:
                 raise Problem(
                     401,
@@ -335,12 +357,24 @@ def kbs_router(svc: NacreService) -> APIRouter:
         actor = f"ear:{claims.raw.get('jti', '?')}"
         audit = _auditor(actor, str(name), claims, now)
         try:
-            info = svc.store.get_resource_info(name)
+            # The resource, its current version (still sealed) and its release policy: one read.
+            candidate = svc.store.resource_for_release(name)
         except NotFoundError as exc:
             svc.metrics.releases.labels("not_found").inc()
             audit("not_found", None)
             raise Problem.from_error(404, exc, kind="ResourceNotFound", kbs=True) from None
-        policy = svc.release_policy(info.policy_id) if info.policy_id is not None else None
+        info = candidate.info
+        if info.policy_id is None:
+            policy = None
+        elif candidate.policy is None:  # cannot happen (foreign key); fail closed all the same
+            raise NotFoundError(
+                "the resource's release policy is missing",
+                field="policy_id",
+                expected="an existing policy",
+                actual=info.policy_id,
+            )
+        else:
+            policy = svc.parsed_release_policy(candidate.policy)
         decision = evaluate_release(policy, claims, str(name))
         failure = decision.first_failure
         if failure is not None:
@@ -362,7 +396,7 @@ def kbs_router(svc: NacreService) -> APIRouter:
                     "policy_id": info.policy_id,
                 },
             )
-        resource = svc.store.get_resource(name)
+        resource = svc.store.open_release(candidate)
         try:
             jwe = encrypt_for_tee_key(resource.data, tee_pubkey)
         except JweError as exc:

@@ -47,8 +47,17 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log one structured event. Callers pass identifiers and outcomes only, never secrets."""
-    _log.log(level, event, extra={"event": event, **fields})
+    """Log one structured event. Callers pass identifiers and outcomes only, never secrets.
+
+    What ``Logger.log`` does, without its walk up the stack for the caller's file and line
+    (which would always name this function): several events per KBS handshake take this path.
+    """
+    if not _log.isEnabledFor(level):
+        return
+    record = _log.makeRecord(
+        _log.name, level, __file__, 0, event, (), None, "log_event", {"event": event, **fields}
+    )
+    _log.handle(record)
 
 
 class Metrics:
@@ -73,12 +82,27 @@ class Metrics:
             ["api", "tee", "status"],
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, str], Any] = {}
+        self._latency_children: dict[tuple[str, str], Any] = {}
         self.releases = Counter(
             "nacre_kbs_resource_requests",
             "KBS resource requests by outcome (released, denied, ...)",
             ["outcome"],
             registry=self.registry,
         )
+
+    def observe_request(self, method: str, route: str, status: str, seconds: float) -> None:
+        """Count one request and its latency (label children cached: ``labels()`` validates and
+        locks on every call)."""
+        key = (method, route, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(method, route, status)
+        counter.inc()
+        histogram = self._latency_children.get((method, route))
+        if histogram is None:
+            histogram = self._latency_children[(method, route)] = self.latency.labels(method, route)
+        histogram.observe(seconds)
 
 
 def _route_of(scope: Scope) -> str:
@@ -170,8 +194,7 @@ class BodyLimitMiddleware:
             elapsed = time.perf_counter() - start
             route = _route_of(scope)
             method = str(scope.get("method", ""))
-            self.metrics.requests.labels(method, route, str(status_holder[0])).inc()
-            self.metrics.latency.labels(method, route).observe(elapsed)
+            self.metrics.observe_request(method, route, str(status_holder[0]), elapsed)
             log_event(
                 "http.request",
                 method=method,

@@ -26,6 +26,7 @@ them run; the first failed one is the one a 403 names.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -118,6 +119,26 @@ def release_variables(claims: EarClaims, resource: str) -> dict[str, Any]:
     }
 
 
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USED_CACHE_MAX: Final = 4096
+_used_names: dict[str, frozenset[str]] = {}
+
+
+def _used(rule: ReleaseRule, variables: dict[str, Any]) -> dict[str, Any]:
+    """The variables ``rule`` may name: those whose name occurs in its source as an identifier
+    token. Handing the CEL engine only these spares converting the rest (the whole token) on
+    every evaluation. A CEL expression reaches a variable only by naming it, so nothing it reads
+    is left out; a name inside a string literal merely keeps an unused variable."""
+    source = rule.program.source
+    names = _used_names.get(source)
+    if names is None:
+        names = frozenset(_IDENTIFIER.findall(source)) & frozenset(variables)
+        if len(_used_names) >= _USED_CACHE_MAX:
+            _used_names.clear()
+        _used_names[source] = names
+    return {name: value for name, value in variables.items() if name in names}
+
+
 def evaluate_release(
     policy: ReleasePolicy | None, claims: EarClaims, resource: str
 ) -> ReleaseDecision:
@@ -138,7 +159,7 @@ def evaluate_release(
     ]
     for rule in policy.rules if policy is not None else ():
         try:
-            passed = evaluate_bool(rule.program, variables)
+            passed = evaluate_bool(rule.program, _used(rule, variables))
             actual = str(passed).lower()
             why = rule.message or ("rule holds" if passed else "rule does not hold")
         except CelEvaluationError as exc:

@@ -26,6 +26,8 @@ __all__ = [
 
 #: How long a SQLite writer waits for the write lock before failing.
 BUSY_TIMEOUT_MS: Final = 30_000
+#: Connections a SQLite engine keeps open (and as many more it may open under a burst).
+SQLITE_POOL_SIZE: Final = 48
 SCHEMA_HEAD: Final = "0002_server_state"
 #: pg_advisory_xact_lock key serializing concurrent migrations of replicas ("nacre" + 1).
 _MIGRATION_LOCK: Final = 0x6E61637265_01
@@ -76,10 +78,11 @@ def _sqlite_begin(conn: Connection) -> None:
     # Writers take the write lock up front: read-then-write transactions (audit head, versions)
     # never deadlock on a lock upgrade, and writers queue under busy_timeout. Readers take a
     # deferred transaction: a consistent WAL snapshot that never waits for a writer.
-    if conn.get_execution_options().get(READ_ONLY):
-        conn.exec_driver_sql("BEGIN")
-    else:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # On the driver connection itself: this runs before every transaction, and a statement
+    # through SQLAlchemy's execution machinery costs as much as a query.
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -98,6 +101,11 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             parsed,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            # Enough pooled connections for the server's worker threads (anyio's default limit
+            # is 40): an overflow connection is closed on return and the next one reopened (file
+            # open, WAL mapping, the PRAGMAs below) on the request path.
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=SQLITE_POOL_SIZE,
         )
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)

@@ -14,11 +14,12 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -32,6 +33,7 @@ from nacre.store._engine import (
     sqlite_path,
     upgrade_head,
 )
+from nacre.store._fast import FastRow, Prepared, integrity_errors
 from nacre.store.audit import AuditEntry, append_entry, iter_entries
 from nacre.store.envelope import (
     Envelope,
@@ -74,6 +76,7 @@ __all__ = [
     "MAX_RESOURCE_BYTES",
     "MAX_SESSION_FIELD_BYTES",
     "MAX_SIGNING_KEYRING_BYTES",
+    "ResourceRelease",
     "Store",
     "SweepResult",
     "default_url",
@@ -113,6 +116,119 @@ _TRANSITIONS: Final[dict[str, frozenset[str]]] = {
     "pending_deletion": frozenset({"disabled", "destroyed"}),
     "destroyed": frozenset(),
 }
+
+
+# -- hot-path statements, built once ----------------------------------------------------------
+# The KBS handshake runs these on every request: built (and their cache keys generated) once,
+# they skip SQLAlchemy's per-call expression construction; the compiled form is cached per engine.
+
+
+def _policy_columns(alias: str) -> list[Any]:
+    p = t.policies
+    return [
+        p.c.id.label(f"{alias}_id"),
+        p.c.kind.label(f"{alias}_kind"),
+        p.c.document.label(f"{alias}_document"),
+        p.c.version.label(f"{alias}_version"),
+        p.c.created_at.label(f"{alias}_created_at"),
+        p.c.updated_at.label(f"{alias}_updated_at"),
+    ]
+
+
+#: A session, its nonce and (``pid``) one policy, in one statement.
+_SESSION_AND_POLICY: Final = Prepared(
+    select(t.sessions, t.nonces.c.value.label("nonce_value"), *_policy_columns("p"))
+    .select_from(
+        t.sessions.outerjoin(t.nonces, t.nonces.c.session_id == t.sessions.c.id).outerjoin(
+            t.policies, t.policies.c.id == bindparam("pid")
+        )
+    )
+    .where(t.sessions.c.id == bindparam("sid"))
+)
+#: A live resource, its current version's envelope and its release policy, in one statement.
+_RESOURCE_FOR_RELEASE: Final = Prepared(
+    select(
+        t.resources,
+        t.resource_versions.c.version.label("rv_version"),
+        t.resource_versions.c.ciphertext,
+        t.resource_versions.c.wrapped_key,
+        t.resource_versions.c.kek_id,
+        t.resource_versions.c.nonce,
+        t.resource_versions.c.aad,
+        *_policy_columns("p"),
+    )
+    .select_from(
+        t.resources.outerjoin(
+            t.resource_versions,
+            (t.resource_versions.c.resource_id == t.resources.c.id)
+            & (t.resource_versions.c.version == t.resources.c.current_version),
+        ).outerjoin(t.policies, t.policies.c.id == t.resources.c.policy_id)
+    )
+    .where(
+        t.resources.c.repo == bindparam("repo"),
+        t.resources.c.type == bindparam("type"),
+        t.resources.c.tag == bindparam("tag"),
+        ~t.resources.c.deleted,
+    )
+)
+_INSERT_SESSION: Final = Prepared(
+    t.sessions.insert().values(
+        id=bindparam("id"),
+        tee=bindparam("tee"),
+        state="pending",
+        created_at=bindparam("created_at"),
+        expires_at=bindparam("expires_at"),
+    )
+)
+_INSERT_NONCE: Final = Prepared(
+    t.nonces.insert().values(
+        value=bindparam("value"),
+        session_id=bindparam("session_id"),
+        created_at=bindparam("created_at"),
+        expires_at=bindparam("expires_at"),
+    )
+)
+_CONSUME_NONCE: Final = Prepared(
+    update(t.nonces)
+    .where(
+        t.nonces.c.value == bindparam("n_value"),
+        t.nonces.c.session_id == bindparam("n_sid"),
+        t.nonces.c.consumed_at.is_(None),
+        t.nonces.c.expires_at > bindparam("n_at"),
+    )
+    .values(consumed_at=bindparam("n_at"))
+)
+_ATTEST_SESSION: Final = Prepared(
+    update(t.sessions)
+    .where(t.sessions.c.id == bindparam("s_id"), t.sessions.c.expires_at > bindparam("s_at"))
+    .values(state="attested", tee_pubkey=bindparam("s_tee_pubkey"), token=bindparam("s_token"))
+    .returning(t.sessions.c.tee, t.sessions.c.created_at, t.sessions.c.expires_at)
+)
+
+
+def _prefixed_policy(row: FastRow, alias: str) -> Policy | None:
+    m = row
+    if m[f"{alias}_id"] is None:
+        return None
+    return Policy(
+        id=str(m[f"{alias}_id"]),
+        kind=cast(PolicyKind, m[f"{alias}_kind"]),
+        document=str(m[f"{alias}_document"]),
+        version=int(m[f"{alias}_version"]),
+        created_at=m[f"{alias}_created_at"],
+        updated_at=m[f"{alias}_updated_at"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRelease:
+    """A live resource about to be released: its current version and release policy, read in one
+    statement; the plaintext stays sealed until :meth:`Store.open_release` (after the policy)."""
+
+    info: ResourceInfo
+    version: int
+    policy: Policy | None
+    envelope: Envelope = dc_field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +288,7 @@ def _policy(row: Row[Any]) -> Policy:
     )
 
 
-def _resource_info(row: Row[Any]) -> ResourceInfo:
+def _resource_info(row: Row[Any] | FastRow) -> ResourceInfo:
     return ResourceInfo(
         name=ResourceName(str(row.repo), str(row.type), str(row.tag)),
         policy_id=None if row.policy_id is None else str(row.policy_id),
@@ -209,7 +325,7 @@ def _key_version(row: Row[Any]) -> KeyVersionInfo:
     )
 
 
-def _session(row: Row[Any], nonce: str) -> Session:
+def _session(row: Row[Any] | FastRow, nonce: str) -> Session:
     return Session(
         id=str(row.id),
         nonce=nonce,
@@ -267,7 +383,7 @@ def _keyring_conflict(purpose: str, expected_version: int) -> ConflictError:
     )
 
 
-def _envelope(row: Row[Any]) -> Envelope:
+def _envelope(row: Row[Any] | FastRow) -> Envelope:
     return Envelope(
         ciphertext=bytes(row.ciphertext),
         wrapped_key=bytes(row.wrapped_key),
@@ -287,11 +403,26 @@ def _envelope_values(env: Envelope) -> dict[str, Any]:
     }
 
 
+def _conflict(orig: BaseException | None) -> ConflictError:
+    return ConflictError(
+        "another writer changed the same row first, or a constraint refused the write",
+        field="row",
+        expected="a write consistent with the stored data",
+        actual=str(orig).splitlines()[0] if orig is not None else "integrity error",
+        hint="retry the operation",
+    )
+
+
 class Store:
     """Repositories over one database. Thread-safe (one engine, a connection per call)."""
 
     def __init__(self, engine: Engine, ring: KekRing | None) -> None:
         self._engine = engine
+        # Read-only snapshots: an engine view carrying the option (set once, not per call).
+        self._reader = engine.execution_options(**{READ_ONLY: True})
+        self._dialect = engine.dialect
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._integrity = integrity_errors(engine.dialect)
         # SQLite has one writer at a time. Left to SQLite, waiting writers poll in its busy
         # handler, sleeping up to 100 ms between tries, so under concurrent load a write waits
         # long after the lock is free. Writers of this process queue on a lock instead and start
@@ -334,18 +465,29 @@ class Store:
             with self._write_lock, self._engine.begin() as conn:
                 yield conn
         except IntegrityError as exc:
-            raise ConflictError(
-                "another writer changed the same row first, or a constraint refused the write",
-                field="row",
-                expected="a write consistent with the stored data",
-                actual=str(exc.orig).splitlines()[0] if exc.orig is not None else "integrity error",
-                hint="retry the operation",
-            ) from exc
+            raise _conflict(exc.orig) from exc
+        except self._integrity as exc:  # from a Prepared statement (the driver's own class)
+            raise _conflict(exc) from exc
+
+    @contextmanager
+    def _raw_read(self) -> Iterator[Any]:
+        """A read-only snapshot on a pooled DBAPI connection, for :class:`Prepared` statements
+        (SQLite: a deferred transaction, as :meth:`_read`)."""
+        pooled = self._engine.raw_connection()
+        try:
+            dbapi_conn = pooled.dbapi_connection
+            assert dbapi_conn is not None
+            if self._sqlite:
+                dbapi_conn.execute("BEGIN")
+            yield dbapi_conn
+            pooled.rollback()
+        finally:
+            pooled.close()  # back to the pool (which rolls back whatever is left open)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A read-only snapshot (on SQLite a deferred transaction that never waits for writers)."""
-        with self._engine.connect().execution_options(**{READ_ONLY: True}) as conn:
+        with self._reader.connect() as conn:
             yield conn
             conn.rollback()
 
@@ -597,6 +739,44 @@ class Store:
         )
         return Resource(info=_resource_info(row), version=want, data=data)
 
+    def resource_for_release(self, name: str | ResourceName) -> ResourceRelease:
+        """A live resource's current version and its release policy, in one statement; the
+        plaintext stays sealed until :meth:`open_release`."""
+        rname = name if isinstance(name, ResourceName) else ResourceName.parse(name)
+        with self._raw_read() as dbapi_conn:
+            rows, _ = _RESOURCE_FOR_RELEASE.execute(
+                dbapi_conn,
+                self._dialect,
+                {"repo": rname.repo, "type": rname.type, "tag": rname.tag},
+            )
+        row = rows[0] if rows else None
+        if row is None:
+            raise NotFoundError(
+                "no such resource", field="name", expected="an existing resource", actual=str(rname)
+            )
+        if row.rv_version is None:
+            raise NotFoundError(
+                "no such resource version",
+                field="version",
+                expected=f"1..{row.current_version}",
+                actual=int(row.current_version),
+            )
+        return ResourceRelease(
+            info=_resource_info(row),
+            version=int(row.rv_version),
+            policy=_prefixed_policy(row, "p"),
+            envelope=_envelope(row),
+        )
+
+    def open_release(self, release: ResourceRelease) -> Resource:
+        """The plaintext of a :meth:`resource_for_release` result."""
+        data = open_envelope(
+            self.kek_ring,
+            release.envelope,
+            envelope_aad("resource_versions", str(release.info.name), release.version),
+        )
+        return Resource(info=release.info, version=release.version, data=data)
+
     def list_resources(self) -> list[ResourceInfo]:
         r = t.resources
         query = select(r).where(~r.c.deleted).order_by(r.c.repo, r.c.type, r.c.tag)
@@ -771,8 +951,13 @@ class Store:
         public_key: bytes | None = None,
         actor: str,
         now: datetime | None = None,
+        due_by: datetime | None = None,
     ) -> KeyVersionInfo:
-        """Add a new version and make it current (older versions stay usable to decrypt/verify)."""
+        """Add a new version and make it current (older versions stay usable to decrypt/verify).
+
+        ``due_by`` (the scheduler's rotations): rotate only when the key's rotation date is at or
+        before it, checked under the row lock, so replicas racing one due date add one version;
+        otherwise :class:`LifecycleError` (field ``next_rotation_at``)."""
         secret = _check_size("key material", material, MAX_KEY_MATERIAL_BYTES)
         if public_key is not None:
             _check_size("public key", public_key, MAX_KEY_MATERIAL_BYTES)
@@ -787,6 +972,17 @@ class Store:
                     field="state",
                     expected="enabled",
                     actual=row.state,
+                )
+            if due_by is not None and (
+                row.next_rotation_at is None or row.next_rotation_at > due_by
+            ):
+                raise LifecycleError(
+                    "the key is not due for rotation (another replica rotated it)",
+                    field="next_rotation_at",
+                    expected=f"<= {due_by.isoformat()}",
+                    actual=None
+                    if row.next_rotation_at is None
+                    else row.next_rotation_at.isoformat(),
                 )
             version = int(row.current_version) + 1
             period = row.rotation_period_s
@@ -1031,15 +1227,12 @@ class Store:
         expires = at + ttl
         try:
             with self._tx() as conn:
-                conn.execute(
-                    t.sessions.insert().values(
-                        id=sid, tee=tee, state="pending", created_at=at, expires_at=expires
-                    )
+                _INSERT_SESSION.on(
+                    conn, {"id": sid, "tee": tee, "created_at": at, "expires_at": expires}
                 )
-                conn.execute(
-                    t.nonces.insert().values(
-                        value=value, session_id=sid, created_at=at, expires_at=expires
-                    )
+                _INSERT_NONCE.on(
+                    conn,
+                    {"value": value, "session_id": sid, "created_at": at, "expires_at": expires},
                 )
         except IntegrityError as exc:
             raise ConflictError(
@@ -1052,15 +1245,22 @@ class Store:
 
     def get_session(self, session_id: str, *, now: datetime | None = None) -> Session:
         """A live session; an expired one is reported as such (KBS answers 401)."""
+        return self.kbs_session(session_id, now=now)[0]
+
+    def kbs_session(
+        self, session_id: str, *, now: datetime | None = None, policy_id: str | None = None
+    ) -> tuple[Session, Policy | None]:
+        """A live session (as :meth:`get_session`) and, read in the same statement, the policy
+        ``policy_id`` (None when there is no such policy or none was asked for)."""
         _check_id("session id", session_id)
+        if policy_id is not None:
+            _check_id("policy id", policy_id)
         at = _now(now)
-        with self._read() as conn:
-            row = conn.execute(
-                select(t.sessions).where(t.sessions.c.id == session_id)
-            ).one_or_none()
-            nonce = conn.execute(
-                select(t.nonces.c.value).where(t.nonces.c.session_id == session_id)
-            ).scalar_one_or_none()
+        with self._raw_read() as dbapi_conn:
+            rows, _ = _SESSION_AND_POLICY.execute(
+                dbapi_conn, self._dialect, {"sid": session_id, "pid": policy_id}
+            )
+        row = rows[0] if rows else None
         if row is None:
             raise NotFoundError(
                 "no such session", field="session id", expected="a live session", actual=session_id
@@ -1073,21 +1273,14 @@ class Store:
                 expected=f"> {at.isoformat()}",
                 actual=row.expires_at.isoformat(),
             )
-        return _session(row, "" if nonce is None else str(nonce))
+        nonce = row.nonce_value
+        session = _session(row, "" if nonce is None else str(nonce))
+        return session, _prefixed_policy(row, "p")
 
     def _consume(self, conn: Connection, session_id: str, nonce: str, at: datetime) -> None:
         n = t.nonces
-        result = conn.execute(
-            update(n)
-            .where(
-                n.c.value == nonce,
-                n.c.session_id == session_id,
-                n.c.consumed_at.is_(None),
-                n.c.expires_at > at,
-            )
-            .values(consumed_at=at)
-        )
-        if result.rowcount == 1:
+        _, count = _CONSUME_NONCE.on(conn, {"n_value": nonce, "n_sid": session_id, "n_at": at})
+        if count == 1:
             return
         row = conn.execute(
             select(n).where(n.c.value == nonce, n.c.session_id == session_id)
@@ -1143,26 +1336,28 @@ class Store:
             _check_size(field, value.encode("utf-8"), MAX_SESSION_FIELD_BYTES)
         at = _now(now)
         with self._tx() as conn:
-            row = conn.execute(
-                select(t.sessions).where(t.sessions.c.id == session_id).with_for_update()
-            ).one_or_none()
-            if row is None or row.expires_at <= at:
+            # One statement writes the live session (taking its row lock on PostgreSQL) and
+            # returns it; the nonce is then consumed in the same transaction (a NonceError rolls
+            # both back).
+            rows, _ = _ATTEST_SESSION.on(
+                conn, {"s_id": session_id, "s_at": at, "s_tee_pubkey": tee_pubkey, "s_token": token}
+            )
+            row = rows[0] if rows else None
+            if row is None:
+                exists = conn.execute(
+                    select(t.sessions.c.id).where(t.sessions.c.id == session_id)
+                ).first()
                 raise NotFoundError(
                     "no live session",
-                    code="SESSION_EXPIRED" if row is not None else "NOT_FOUND",
+                    code="SESSION_EXPIRED" if exists is not None else "NOT_FOUND",
                     field="session id",
                     expected="a live session",
                     actual=session_id,
                 )
             self._consume(conn, session_id, nonce, at)
-            conn.execute(
-                update(t.sessions)
-                .where(t.sessions.c.id == session_id)
-                .values(state="attested", tee_pubkey=tee_pubkey, token=token)
-            )
-        # The row as just written (read under the write lock above; no second query).
+        # The row as just written (RETURNING; no second query).
         return Session(
-            id=str(row.id),
+            id=session_id,
             nonce=nonce,
             tee=str(row.tee),
             state="attested",

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from nacre.errors import LimitExceededError, UsageError
+from nacre.store._fast import Prepared
 from nacre.store._schema import AUDIT_GENESIS_HASH, audit, audit_head
+from nacre.store.errors import StoreError
 
 if TYPE_CHECKING:
     from nacre.store._store import Store
@@ -47,6 +49,29 @@ GENESIS_HASH: Final = AUDIT_GENESIS_HASH
 MAX_AUDIT_DETAIL_BYTES: Final = 16 * 1024
 _FORBIDDEN_KEY_PARTS: Final = ("secret", "plaintext", "private", "password", "material", "data_key")
 _BATCH: Final = 1000
+# The append path's statements, built once (the hot path of every release and denial).
+_LOCK_HEAD: Final = Prepared(
+    select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+)
+_ENTRY_COLUMNS: Final = (
+    "seq",
+    "time",
+    "actor",
+    "action",
+    "target",
+    "outcome",
+    "detail",
+    "prev_hash",
+    "hash",
+)
+_INSERT_ENTRY: Final = Prepared(
+    audit.insert().values({name: bindparam(name) for name in _ENTRY_COLUMNS})
+)
+_MOVE_HEAD: Final = Prepared(
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=bindparam("h_seq"), hash=bindparam("h_hash"))
+)
 
 
 def _canonical(obj: object) -> str:
@@ -172,9 +197,10 @@ def append_entry(
     detail_obj: dict[str, Any] = json.loads(detail_text)
     time = _iso(now)
     # 1. Lock the chain head: concurrent appenders queue here (FOR UPDATE; BEGIN IMMEDIATE on SQLite).
-    head = conn.execute(
-        select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
-    ).one()
+    rows, _ = _LOCK_HEAD.on(conn, {})
+    if len(rows) != 1:
+        raise StoreError("the audit chain head row is missing", field="audit_head")
+    head = rows[0]
     seq = int(head.seq) + 1
     prev_hash = str(head.hash)
     # 2. Hash the new entry over the canonical JSON of its fields and the previous hash.
@@ -189,20 +215,21 @@ def append_entry(
         prev_hash=prev_hash,
     )
     # 3. Insert it and move the head, in the same transaction.
-    conn.execute(
-        audit.insert().values(
-            seq=seq,
-            time=time,
-            actor=actor,
-            action=action,
-            target=target,
-            outcome=outcome,
-            detail=detail_text,
-            prev_hash=prev_hash,
-            hash=digest,
-        )
+    _INSERT_ENTRY.on(
+        conn,
+        {
+            "seq": seq,
+            "time": time,
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "outcome": outcome,
+            "detail": detail_text,
+            "prev_hash": prev_hash,
+            "hash": digest,
+        },
     )
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=digest))
+    _MOVE_HEAD.on(conn, {"h_seq": seq, "h_hash": digest})
     return AuditEntry(seq, time, actor, action, target, outcome, detail_obj, prev_hash, digest)
 
 

@@ -19,7 +19,7 @@ from nacre.token.ear import (
     verify_ear,
 )
 from nacre.token.errors import CanonicalizationError, JweError, KeyringError, TokenError
-from nacre.token.jwe import decrypt, encrypt_for_tee_key, public_jwk
+from nacre.token.jwe import check_tee_key, decrypt, encrypt_for_tee_key, public_jwk
 from nacre.token.keyring import (
     FileKeyringStore,
     Keyring,
@@ -47,6 +47,7 @@ __all__ = [
     "aes_gcm_wrapping",
     "canonicalize",
     "canonicalize_text",
+    "check_tee_key",
     "decrypt",
     "encrypt_for_tee_key",
     "issue_ear",

@@ -51,6 +51,7 @@ __all__ = [
     "JWE_MEMBERS",
     "MAX_JWE_PLAINTEXT_BYTES",
     "MIN_RSA_BITS",
+    "check_tee_key",
     "decrypt",
     "encrypt_for_tee_key",
     "public_jwk",
@@ -207,13 +208,48 @@ def _protected_header(alg: str, epk: Mapping[str, str] | None) -> str:
     return b64url_encode(json.dumps(header, separators=(",", ":")).encode("ascii"))
 
 
+def _recipient(
+    tee_pubkey_jwk: Mapping[str, Any],
+) -> tuple[str, ec.EllipticCurvePublicKey | rsa.RSAPublicKey, str | None]:
+    """The key-management algorithm, the public key and (EC) the curve of a TEE public JWK;
+    every refusal of :func:`encrypt_for_tee_key` about the key is raised here."""
+    where = "tee-pubkey"
+    if not isinstance(tee_pubkey_jwk, Mapping):
+        raise _refuse("TEE public key is not a JWK object", field=where)
+    if any(name in tee_pubkey_jwk for name in ("d", "p", "q", "dp", "dq", "qi", "k")):
+        raise _refuse("TEE public key JWK carries private key members", field=where)
+    kty = tee_pubkey_jwk.get("kty")
+    if kty == "EC":
+        alg = ALG_ECDH_ES_A256KW
+    elif kty == "RSA":
+        alg = ALG_RSA_OAEP_256
+    else:
+        raise _refuse(
+            "key type refused", field=f"{where}.kty", expected="EC | RSA", actual=repr(kty)
+        )
+    requested = tee_pubkey_jwk.get("alg", alg)
+    if requested != alg:
+        raise _refuse(
+            "key algorithm refused", field=f"{where}.alg", expected=alg, actual=repr(requested)
+        )
+    if kty == "EC":
+        key, crv = _ec_public_key(tee_pubkey_jwk, where)
+        return alg, key, crv
+    return alg, _rsa_public_key(tee_pubkey_jwk, where), None
+
+
+def check_tee_key(tee_pubkey_jwk: Mapping[str, Any]) -> None:
+    """Refuse (:class:`JweError`) a TEE public JWK :func:`encrypt_for_tee_key` would refuse, with
+    the same error, without encrypting anything (no ephemeral key, no ECDH)."""
+    _recipient(tee_pubkey_jwk)
+
+
 def encrypt_for_tee_key(plaintext: bytes, tee_pubkey_jwk: Mapping[str, Any]) -> dict[str, str]:
     """Wrap ``plaintext`` to the TEE's public JWK as a KBS flattened JWE.
 
     EC keys get ``ECDH-ES+A256KW``, RSA keys ``RSA-OAEP-256``; if the JWK names an ``alg`` it must
     be that one (``RSA1_5`` and anything else is refused). A JWK carrying private members is refused.
     """
-    where = "tee-pubkey"
     if not isinstance(plaintext, bytes | bytearray):
         raise _malformed(
             "plaintext must be bytes", field="plaintext", actual=type(plaintext).__name__
@@ -225,42 +261,21 @@ def encrypt_for_tee_key(plaintext: bytes, tee_pubkey_jwk: Mapping[str, Any]) -> 
             expected=f"<= {MAX_JWE_PLAINTEXT_BYTES} bytes",
             actual=len(plaintext),
         )
-    if not isinstance(tee_pubkey_jwk, Mapping):
-        raise _refuse("TEE public key is not a JWK object", field=where)
-    if any(name in tee_pubkey_jwk for name in ("d", "p", "q", "dp", "dq", "qi", "k")):
-        raise _refuse("TEE public key JWK carries private key members", field=where)
-    kty = tee_pubkey_jwk.get("kty")
+    alg, recipient, crv = _recipient(tee_pubkey_jwk)
     cek = os.urandom(_CEK_BYTES)
-    if kty == "EC":
-        alg = ALG_ECDH_ES_A256KW
-        requested = tee_pubkey_jwk.get("alg", alg)
-        if requested != alg:
-            raise _refuse(
-                "key algorithm refused", field=f"{where}.alg", expected=alg, actual=repr(requested)
-            )
-        recipient, crv = _ec_public_key(tee_pubkey_jwk, where)
+    if isinstance(recipient, ec.EllipticCurvePublicKey):
+        assert crv is not None
         ephemeral = ec.generate_private_key(_CURVES[crv][0]())
         kek = _concat_kdf(ephemeral.exchange(ec.ECDH(), recipient))
         encrypted_key = aes_key_wrap(kek, cek)
         epk = public_jwk(ephemeral.public_key())
         protected = _protected_header(alg, epk)
-    elif kty == "RSA":
-        alg = ALG_RSA_OAEP_256
-        requested = tee_pubkey_jwk.get("alg", alg)
-        if requested != alg:
-            raise _refuse(
-                "key algorithm refused", field=f"{where}.alg", expected=alg, actual=repr(requested)
-            )
-        rsa_key = _rsa_public_key(tee_pubkey_jwk, where)
-        encrypted_key = rsa_key.encrypt(
+    else:
+        encrypted_key = recipient.encrypt(
             cek,
             padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None),
         )
         protected = _protected_header(alg, None)
-    else:
-        raise _refuse(
-            "key type refused", field=f"{where}.kty", expected="EC | RSA", actual=repr(kty)
-        )
     iv = os.urandom(_IV_BYTES)
     sealed = AESGCM(cek).encrypt(iv, bytes(plaintext), protected.encode("ascii"))
     return {
