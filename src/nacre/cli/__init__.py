@@ -7,6 +7,7 @@ import typer
 from nacre.cli.audit_cmd import audit_app
 from nacre.cli.collateral_cmd import collateral_app
 from nacre.cli.demo_cmd import demo_command
+from nacre.cli.ear_key_cmd import ear_key_app
 from nacre.cli.k8s_cmd import k8s_app
 from nacre.cli.key_cmd import key_app
 from nacre.cli.node_cmd import node_app
@@ -42,6 +43,7 @@ app.add_typer(audit_app, name="audit", help="Check the hash-chained audit log.")
 app.add_typer(policy_app, name="policy")
 app.add_typer(secret_app, name="secret", help="Store and manage KBS resources (secrets).")
 app.add_typer(key_app, name="key", help="HSM-like keys kept inside the service.")
+app.add_typer(ear_key_app, name="ear-key", help="The service's EAR signing keys.")
 app.add_typer(k8s_app, name="k8s")
 
 

@@ -5,6 +5,7 @@ Every call signs a short-lived admin JWT with ``--admin-key`` (roles: ``admin`` 
 ``decrypt`` and ``sign`` send the data to the service and print what it answers.
 
     nacre key create db-key --type AES-256 [--policy-id P] [--exportable] [--rotation-days N]
+    nacre key import old-key --type EC-P256 --file key.pem [same options as create]
     nacre key list | show KEY | rotate KEY | disable KEY | enable KEY
     nacre key schedule-delete KEY --days 7 | cancel-delete KEY
     nacre key encrypt KEY [--in FILE] [--out FILE] [--aad TEXT]   (stdin/stdout by default)
@@ -26,12 +27,15 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import typer
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from nacre.cli.secret_cmd import JsonOpt, KeyOpt, ServerOpt, _call, _fail, _print, _read
 from nacre.kms import KEY_TYPES, MAX_AAD_BYTES, MAX_DATA_BYTES
+from nacre.token import JweError, encrypt_for_tee_key
 
 __all__ = ["key_app"]
 
@@ -122,30 +126,30 @@ def _describe(info: dict[str, Any]) -> str:
 # -- management ---------------------------------------------------------------------------------
 
 
-@key_app.command("create")
-def create_command(
-    name: Annotated[str, typer.Argument(help="The new key's id.")],
-    key_type: Annotated[
-        str, typer.Option("--type", help=f"One of {', '.join(KEY_TYPES)}.")
-    ] = "AES-256",
-    policy_id: Annotated[
-        str | None,
-        typer.Option("--policy-id", help="Resource policy deciding which workloads may use it."),
-    ] = None,
-    exportable: Annotated[
-        bool, typer.Option("--exportable", help="May leave as a JWE to an attested TEE key.")
-    ] = False,
-    rotation_days: Annotated[
-        int | None, typer.Option("--rotation-days", help="Rotate automatically every N days.")
-    ] = None,
-    expires_at: Annotated[
-        str | None, typer.Option("--expires-at", help="ISO-8601 time with offset.")
-    ] = None,
-    server: ServerOpt = None,
-    admin_key: KeyOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create a key inside the service (role admin)."""
+PolicyIdOpt = Annotated[
+    str | None,
+    typer.Option("--policy-id", help="Resource policy deciding which workloads may use it."),
+]
+ExportableOpt = Annotated[
+    bool, typer.Option("--exportable", help="May leave as a JWE to an attested TEE key.")
+]
+RotationOpt = Annotated[
+    int | None, typer.Option("--rotation-days", help="Rotate automatically every N days.")
+]
+ExpiresOpt = Annotated[str | None, typer.Option("--expires-at", help="ISO-8601 time with offset.")]
+TypeOpt = Annotated[str, typer.Option("--type", help=f"One of {', '.join(KEY_TYPES)}.")]
+
+
+def _new_key_body(
+    name: str,
+    key_type: str,
+    policy_id: str | None,
+    exportable: bool,
+    rotation_days: int | None,
+    expires_at: str | None,
+    as_json: bool,
+) -> dict[str, Any]:
+    """The members ``create`` and ``import`` share, checked before anything is sent."""
     if key_type not in KEY_TYPES:
         _fail(
             2,
@@ -181,8 +185,120 @@ def create_command(
                 as_json,
             )
         body["expires_at"] = when.isoformat()
+    return body
+
+
+@key_app.command("create")
+def create_command(
+    name: Annotated[str, typer.Argument(help="The new key's id.")],
+    key_type: TypeOpt = "AES-256",
+    policy_id: PolicyIdOpt = None,
+    exportable: ExportableOpt = False,
+    rotation_days: RotationOpt = None,
+    expires_at: ExpiresOpt = None,
+    server: ServerOpt = None,
+    admin_key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a key inside the service (role admin)."""
+    body = _new_key_body(name, key_type, policy_id, exportable, rotation_days, expires_at, as_json)
     result = _call("POST", "/kms/v1/keys", server, admin_key, as_json, body)
     _print(result, as_json, "created " + _describe(result))
+
+
+#: Largest key file read for import (an RSA-3072 private key in PEM is about 2.5 KB).
+_MAX_KEY_FILE_BYTES = 16 * 1024
+
+
+def _import_plaintext(data: bytes, key_type: str, as_json: bool) -> bytes:
+    """What the import JWE carries: the raw 32 bytes for AES-256 (a 32-byte file or 64 hex
+    digits), PKCS#8 DER for the others (read from PEM or DER, PKCS#8 or traditional)."""
+    if key_type == "AES-256":
+        text = data.strip()
+        if len(data) == 32:
+            return data
+        try:
+            raw = bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raw = b""
+        if len(raw) == 32:
+            return raw
+        _fail(
+            2,
+            {
+                "code": "USAGE",
+                "field": "--file",
+                "expected": "32 bytes, or 64 hex digits",
+                "actual": f"{len(data)} bytes",
+                "message": "an AES-256 key file holds exactly 32 bytes (or their hex)",
+            },
+            as_json,
+        )
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            key = serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        _fail(
+            2,
+            {
+                "code": "USAGE",
+                "field": "--file",
+                "expected": "an unencrypted private key, PEM or DER",
+                "actual": type(exc).__name__,
+                "message": f"the key file is not a private key: {exc}",
+            },
+            as_json,
+        )
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@key_app.command("import")
+def import_command(
+    name: Annotated[str, typer.Argument(help="The new key's id.")],
+    key_file: Annotated[
+        Path,
+        typer.Option(
+            "--file",
+            help="The material: AES-256 as 32 bytes or 64 hex digits; other types as an "
+            "unencrypted private key (PEM or DER).",
+        ),
+    ],
+    key_type: TypeOpt = "AES-256",
+    policy_id: PolicyIdOpt = None,
+    exportable: ExportableOpt = False,
+    rotation_days: RotationOpt = None,
+    expires_at: ExpiresOpt = None,
+    server: ServerOpt = None,
+    admin_key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bring existing key material into the service (role admin). The material is wrapped here,
+    to the service's import key (ECDH-ES+A256KW, A256GCM), and never sent in clear."""
+    body = _new_key_body(name, key_type, policy_id, exportable, rotation_days, expires_at, as_json)
+    plaintext = _import_plaintext(
+        _read(key_file, "--file", _MAX_KEY_FILE_BYTES, as_json), key_type, as_json
+    )
+    wrapping = _call("GET", "/kms/v1/import/wrapping-key", server, admin_key, as_json)
+    try:
+        body["wrapped"] = encrypt_for_tee_key(plaintext, wrapping["jwk"])
+    except (JweError, KeyError, TypeError) as exc:
+        _fail(
+            1,
+            {
+                "code": "IMPORT_KEY_INVALID",
+                "field": "jwk",
+                "message": f"the service's import key cannot be used: {exc}",
+            },
+            as_json,
+        )
+    result = _call("POST", "/kms/v1/import", server, admin_key, as_json, body)
+    _print(result, as_json, "imported " + _describe(result))
 
 
 @key_app.command("list")

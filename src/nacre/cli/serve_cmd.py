@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from rich.markup import escape
 
 from nacre.errors import NacreError, UsageError
 from nacre.server import ADMIN_KEY_FILE, ServerConfig, create_app
+from nacre.server.config import DEFAULT_MAINTENANCE_INTERVAL
 from nacre.server.observe import JsonLogFormatter
 from nacre.store import KekSealer, default_url
 from nacre.tlsfiles import ReloadingCertificate
@@ -95,6 +97,15 @@ def serve_command(
             "--tls-key", envvar="NACRE_TLS_KEY", help="The certificate's PEM private key."
         ),
     ] = None,
+    maintenance_every: Annotated[
+        float,
+        typer.Option(
+            "--maintenance-every",
+            min=0,
+            help="Seconds between this replica's scheduled jobs (key rotation and deletion "
+            "dates, expired sessions); 0: none here.",
+        ),
+    ] = DEFAULT_MAINTENANCE_INTERVAL.total_seconds(),
 ) -> None:
     """Run the attestation service, KBS v0.4.0 key broker and admin API."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -124,6 +135,9 @@ def serve_command(
             sim_trust=platform.trust_roots() if platform is not None else None,
             collateral_dirs=_collateral_dirs(collateral or []),
             collateral_provider=platform.bundle if platform is not None else None,
+            maintenance_interval=timedelta(seconds=maintenance_every)
+            if maintenance_every > 0
+            else None,
         )
         _configure_logging(log_level)
         certificate = _certificate(tls_cert, tls_key)

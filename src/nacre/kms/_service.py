@@ -480,9 +480,18 @@ class Kms:
 
         return self._run(caller, "rotate", key_id, body)
 
-    def _rotate(self, info: KeyInfo, actor: str, now: datetime) -> KeyVersionInfo:
+    def _rotate(
+        self, info: KeyInfo, actor: str, now: datetime, *, scheduled: bool = False
+    ) -> KeyVersionInfo:
         material, public = _crypto.generate_material(info.type)
-        return self._store.rotate_key(info.id, material, public_key=public, actor=actor, now=now)
+        return self._store.rotate_key(
+            info.id,
+            material,
+            public_key=public,
+            actor=actor,
+            now=now,
+            due_by=now if scheduled else None,
+        )
 
     def rotate_due(self, now: datetime | None = None) -> list[KeyVersionInfo]:
         """Rotate every enabled, unexpired key whose rotation date has come (the scheduler's job;
@@ -493,9 +502,9 @@ class Kms:
             if info.expires_at is not None and info.expires_at <= at:
                 continue
             try:
-                done.append(self._rotate(info, _ROTATION_ACTOR, at))
+                done.append(self._rotate(info, _ROTATION_ACTOR, at, scheduled=True))
             except LifecycleError:
-                continue  # disabled by another replica meanwhile
+                continue  # disabled, or already rotated, by another replica meanwhile
         return done
 
     def destroy_due(self, now: datetime | None = None) -> list[str]:

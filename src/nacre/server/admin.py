@@ -221,6 +221,39 @@ def admin_router(svc: NacreService) -> APIRouter:
         limit = max(1, min(limit, 1000))
         return {"entries": [e.to_json() for e in svc.store.audit_entries(after=after, limit=limit)]}
 
+    @router.get("/admin/v1/ear-keys", tags=["admin"])
+    def ear_keys(who: AdminIdentity = auditor) -> dict[str, Any]:
+        """The EAR signing keys: the current one and those still published in the JWKS."""
+        now = svc.now()
+        ring = svc.keyring.signing_ring(now)
+        current = ring.current().kid
+        keys = sorted(ring.signing_keys(), key=lambda k: k.created, reverse=True)
+        return {
+            "current_kid": current,
+            "keys": [
+                {
+                    "kid": k.kid,
+                    "current": k.kid == current,
+                    "created_at": k.created.isoformat(),
+                    "signs_until": k.not_after.isoformat(),
+                    "published_until": k.retire_at.isoformat(),
+                }
+                for k in keys
+                if k.published(now)
+            ],
+        }
+
+    @router.post("/admin/v1/ear-keys/rotate", tags=["admin"])
+    def rotate_ear_key(who: AdminIdentity = admin_only) -> dict[str, Any]:
+        """A new EAR signing key now; the old one stays in the JWKS until its tokens expire."""
+        key, rotated = svc.keyring.rotate(svc.now(), actor=who.actor)
+        log_event("admin.ear_key.rotate", kid=key.kid, rotated=rotated, actor=who.actor)
+        return {
+            "current_kid": key.kid,
+            "rotated": rotated,
+            "signs_until": key.not_after.isoformat(),
+        }
+
     @router.get("/admin/v1/admin-keys", tags=["admin"])
     def list_admin_keys(who: AdminIdentity = admin_only) -> dict[str, Any]:
         return {"keys": [k.to_json() for k in svc.registry.entries()]}

@@ -33,6 +33,7 @@ from nacre.server.attestation_api import attestation_router
 from nacre.server.config import ServerConfig
 from nacre.server.kbs import kbs_router
 from nacre.server.kms_api import kms_router
+from nacre.server.maintenance import Maintenance
 from nacre.server.observe import BodyLimitMiddleware, log_event
 from nacre.server.problems import Problem, problem_response
 from nacre.server.service import NacreService
@@ -45,12 +46,22 @@ def create_app(config: ServerConfig) -> FastAPI:
     """The ASGI app of one ``nacre serve`` instance (opens the store; closed on shutdown)."""
     svc = NacreService(config)
 
+    jobs = (
+        None
+        if config.maintenance_interval is None
+        else Maintenance(svc.store, interval=config.maintenance_interval, now_fn=svc.now)
+    )
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         log_event("server.start", trust_sim=config.trust_sim)
+        if jobs is not None:
+            jobs.start()
         try:
             yield
         finally:
+            if jobs is not None:
+                jobs.stop()
             svc.close()
 
     app = FastAPI(
@@ -64,6 +75,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.nacre = svc
+    app.state.maintenance = jobs
 
     def limit_for(path: str) -> int:
         return (

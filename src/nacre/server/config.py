@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_TOKEN_MAX_TTL",
+    "DEFAULT_MAINTENANCE_INTERVAL",
     "DEFAULT_SESSION_TTL",
     "DEFAULT_TOKEN_TTL",
     "MAX_ADMIN_BODY_BYTES",
@@ -24,6 +25,8 @@ __all__ = [
     "utc_now",
 ]
 
+#: How often each replica looks for due scheduled work (rotation dates have a granularity of days).
+DEFAULT_MAINTENANCE_INTERVAL: Final = timedelta(minutes=1)
 #: Largest body of an attestation or KBS request (a quote with its chain is ~5 KiB; evidence is
 #: capped at 64 KiB in base64 plus JSON framing).
 MAX_REQUEST_BYTES: Final = 256 * 1024
@@ -89,6 +92,9 @@ class ServerConfig:
     bootstrap_admin: bool = True
     #: The clock (tests move it forward to expire sessions and rotate keys).
     clock: Callable[[], datetime] = utc_now
+    #: How often this replica runs the scheduled jobs (key rotation and destruction dates,
+    #: expired sessions; :mod:`nacre.server.maintenance`); None: never (another replica does).
+    maintenance_interval: timedelta | None = DEFAULT_MAINTENANCE_INTERVAL
     #: Threads running the blocking KBS handlers (the other routes use anyio's thread pool);
     #: None: :data:`SQLITE_WORKER_THREADS` on SQLite, else :data:`DEFAULT_WORKER_THREADS`.
     worker_threads: int | None = None

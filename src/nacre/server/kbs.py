@@ -20,8 +20,9 @@ from fastapi import APIRouter, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import JSONResponse, Response
 
-from nacre.errors import NacreError, UsageError
+from nacre.errors import NacreError, UsageError, VerificationError
 from nacre.server.attest import DEFAULT_POLICY_ID
+from nacre.server.initdata import check_init_data, parse_init_data
 from nacre.server.models import KbsAttestRequest, KbsAuthRequest
 from nacre.server.observe import log_event
 from nacre.server.problems import Problem
@@ -221,6 +222,14 @@ def kbs_router(svc: NacreService) -> APIRouter:
             expected = kbs_report_data(rd.nonce, rd.tee_pubkey, additional)
         except NacreError as exc:
             raise Problem.from_error(400, exc, kind="SerdeError", kbs=True) from None
+        init = None
+        if body.init_data is not None:
+            try:
+                init = parse_init_data(body.init_data)
+            except UsageError as exc:
+                raise Problem.from_error(
+                    400, exc, kind="SerdeError", kbs=True, check="init-data"
+                ) from None
         try:
             appraised = svc.attester.appraise(
                 quote, tee=session.tee, now=now, policy_id=None, kbs=True, stored=stored_policy
@@ -244,6 +253,14 @@ def kbs_router(svc: NacreService) -> APIRouter:
                 detail="the evidence's report_data is not pad64(SHA-384(JCS({additional-evidence, "
                 "nonce, tee-pubkey}))) of this request: a different TEE key or nonce was attested",
             )
+        if init is not None:
+            try:
+                check_init_data(init, appraised.verified.tee, appraised.verified.claims)
+            except VerificationError as exc:
+                svc.metrics.attestations.labels("kbs", session.tee, "refused").inc()
+                raise Problem.from_error(
+                    403, exc, kind="AttestationError", kbs=True, check="init_data"
+                ) from None
         result = appraised.result
         svc.metrics.attestations.labels("kbs", session.tee, result.status).inc()
         if result.status == "contraindicated":
@@ -276,7 +293,11 @@ def kbs_router(svc: NacreService) -> APIRouter:
             )
         runtime = {"nonce": rd.nonce, "additional-evidence": additional}
         token = svc.issue_token(
-            appraised, tee_pubkey=rd.tee_pubkey, runtime=runtime, nonce=rd.nonce
+            appraised,
+            tee_pubkey=rd.tee_pubkey,
+            runtime=runtime,
+            nonce=rd.nonce,
+            init_data=None if init is None else init.claims(),
         )
         try:
             svc.store.attest_session(

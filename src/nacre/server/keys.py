@@ -161,6 +161,11 @@ class ServiceKeyring:
         return self._ensure(now)
 
     def jwks(self, now: datetime) -> dict[str, Any]:
+        """The JWK Set, from the stored ring as it is now: the version is read on every call
+        (relying parties fetch it rarely), so a key another replica rotated in is published here
+        at once."""
+        with self._lock:
+            self._checked = float("-inf")
         return self._ensure(now).jwks(now)
 
     def verify(self, token: str, now: datetime) -> EarClaims:

@@ -49,6 +49,7 @@ __all__ = [
     "DataKeyBody",
     "DecryptBody",
     "EncryptBody",
+    "ImportKeyBody",
     "ScheduleDeleteBody",
     "SignBody",
     "UnwrapBody",
@@ -71,6 +72,24 @@ class CreateKeyBody(BaseModel):
 
     type: KeyType
     name: str = Field(min_length=1, max_length=128)
+    policy_id: str | None = None
+    exportable: bool = False
+    rotation_days: int | None = Field(default=None, ge=1)
+    expires_at: datetime | None = None
+
+
+class ImportKeyBody(BaseModel):
+    """``POST /kms/v1/import``: a key made from existing material, which arrives only wrapped to
+    the service's import key (``GET /kms/v1/import/wrapping-key``), never in clear."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: KeyType
+    name: str = Field(min_length=1, max_length=128)
+    wrapped: dict[str, Any] = Field(
+        description="flattened JWE (ECDH-ES+A256KW, A256GCM) to the import wrapping key; "
+        "plaintext: the raw 32 bytes (AES-256) or a PKCS#8 DER private key"
+    )
     policy_id: str | None = None
     exportable: bool = False
     rotation_days: int | None = Field(default=None, ge=1)
@@ -177,6 +196,19 @@ def _problem(exc: NacreError) -> Problem:
     return Problem.from_error(500, exc, kind="InternalError")
 
 
+def _check_aware(expires_at: datetime | None) -> None:
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise Problem(
+            400,
+            "expires_at needs a time zone",
+            kind="BadRequest",
+            code="SCHEMA",
+            field="expires_at",
+            expected="an ISO-8601 time with offset",
+            actual=expires_at.isoformat(),
+        )
+
+
 @contextmanager
 def _kms_errors() -> Iterator[None]:
     try:
@@ -235,16 +267,7 @@ def kms_router(svc: NacreService) -> APIRouter:
     @router.post(f"{_PREFIX}/keys", tags=["kms"])
     def create_key(body: CreateKeyBody, c: Caller = who) -> dict[str, Any]:
         """Create a key (role admin); its material is generated here and never leaves in clear."""
-        if body.expires_at is not None and body.expires_at.tzinfo is None:
-            raise Problem(
-                400,
-                "expires_at needs a time zone",
-                kind="BadRequest",
-                code="SCHEMA",
-                field="expires_at",
-                expected="an ISO-8601 time with offset",
-                actual=body.expires_at.isoformat(),
-            )
+        _check_aware(body.expires_at)
         with _kms_errors():
             info = kms.create_key(
                 c,
@@ -256,6 +279,38 @@ def kms_router(svc: NacreService) -> APIRouter:
                 expires_at=body.expires_at,
             )
         log_event("kms.key.create", key_id=info.id, type=info.type, actor=c.subject)
+        return _key_json(info)
+
+    @router.get(f"{_PREFIX}/import/wrapping-key", tags=["kms"])
+    def import_wrapping_key(c: Caller = who) -> dict[str, Any]:
+        """The public JWK (EC P-384) to wrap import material to (role admin; made on first use)."""
+        with _kms_errors():
+            w = kms.import_wrapping_key(c)
+        return {
+            "key_id": w.key_id,
+            "version": w.version,
+            "jwk": dict(w.jwk),
+            "alg": "ECDH-ES+A256KW",
+            "enc": "A256GCM",
+        }
+
+    @router.post(f"{_PREFIX}/import", tags=["kms"])
+    def import_key(body: ImportKeyBody, c: Caller = who) -> dict[str, Any]:
+        """Create a key from material wrapped to the import key (role admin). The material is
+        checked against ``type`` and kept like generated material: never returned in clear."""
+        _check_aware(body.expires_at)
+        with _kms_errors():
+            info = kms.import_key(
+                c,
+                body.type,
+                body.wrapped,
+                name=body.name,
+                policy_id=body.policy_id,
+                exportable=body.exportable,
+                rotation_days=body.rotation_days,
+                expires_at=body.expires_at,
+            )
+        log_event("kms.key.import", key_id=info.id, type=info.type, actor=c.subject)
         return _key_json(info)
 
     @router.get(f"{_PREFIX}/keys", tags=["kms"])

@@ -18,7 +18,9 @@ or a document (YAML or JSON) naming each rule, so a denial names the rule that f
 
 Variables: ``claims`` (the TEE's verified claims from the token, DESIGN §3 names, plus
 ``tcb_status`` and ``advisory_ids``), ``tee``, ``status`` (``ear.status``), ``sim`` (bool),
-``policy_id`` (the appraisal policy), ``resource`` (``repo/type/tag``), ``token`` (all claims).
+``policy_id`` (the appraisal policy), ``resource`` (``repo/type/tag``), ``token`` (all claims),
+``runtime_data`` (the attested runtime data) and ``init_data`` (the KBS init-data the evidence was
+checked to carry: ``version``, ``algorithm``, ``digest``, ``data``; empty when none was sent).
 
 Without a policy a resource is released to any affirming token. Checks run in order and all of
 them run; the first failed one is the one a 403 names.
@@ -108,8 +110,12 @@ def release_variables(claims: EarClaims, resource: str) -> dict[str, Any]:
     annotated = appraisal.annotated_evidence
     tee = next((t for t in _TEES if isinstance(annotated.get(t), Mapping)), "")
     tee_claims = annotated.get(tee, {}) if tee else {}
+    runtime = annotated.get("runtime_data_claims")
+    init = annotated.get("init_data_claims")
     return {
         "claims": dict(tee_claims),
+        "runtime_data": dict(runtime) if isinstance(runtime, Mapping) else {},
+        "init_data": dict(init) if isinstance(init, Mapping) else {},
         "tee": tee,
         "status": appraisal.status,
         "sim": appraisal.sim,

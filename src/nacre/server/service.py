@@ -132,7 +132,10 @@ class NacreService:
         tee_pubkey: Mapping[str, Any] | None,
         runtime: Mapping[str, Any] | None,
         nonce: str | None,
+        init_data: Mapping[str, Any] | None = None,
     ) -> str:
+        """An EAR for ``appraised``; ``init_data``: the claims of the KBS init-data the evidence
+        was checked to carry (annotated evidence ``init_data_claims``, as Trustee's tokens)."""
         now = self.now()
         v = appraised.verified
         claims = {**v.claims, "tcb_status": v.tcb_status, "advisory_ids": list(v.advisory_ids)}
@@ -146,6 +149,7 @@ class NacreService:
             runtime_data=runtime,
             nonce=nonce if nonce is not None and 8 <= len(nonce) <= 88 else None,
             sim=v.sim,
+            init_data_claims=init_data,
         )
         return issue_ear(
             ear,
