@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nacre.errors import UsageError, VerificationError
-from nacre.server.initdata import MAX_INIT_DATA_BYTES, check_init_data, parse_init_data
+from nacre.token.initdata import MAX_INIT_DATA_BYTES, check_init_data, parse_init_data
 
 DOC = 'version = "0.1.0"\nalgorithm = "sha384"\n\n[data]\n"policy.rego" = "allow = true"\n'
 

@@ -111,3 +111,26 @@ def test_malformed_init_data_is_a_400(env: Env, init_data: object, field: str) -
     body = w.attest_body(manifest=_launched_with(DOC))
     body["init-data"] = {"format": "toml", "body": DOC}
     assert w.client.post("/kbs/v0/attest", json=body).status_code == 200
+
+
+def test_sdk_client_sends_its_init_data(env: Env) -> None:
+    from nacre.cli.demo_cmd import LocalServer
+    from nacre.errors import UsageError
+    from nacre.sdk import KbsClient, KbsError
+    from nacre.tee.sim import SimBackend
+
+    env.put_secret("default/key/prod", b"prod key", policy='init_data.data["env"] == "prod"')
+    backend = SimBackend(env.platform, manifest=_launched_with(DOC))
+    with LocalServer(env.app) as server:
+        with KbsClient(server.url, backend=backend, init_data=DOC) as client:
+            assert client.get_resource("default/key/prod") == b"prod key"
+        # Launched with DOC but presenting OTHER: the broker refuses the attestation.
+        with (
+            KbsClient(server.url, backend=backend, init_data=OTHER) as client,
+            pytest.raises(KbsError) as info,
+        ):
+            client.get_resource("default/key/prod")
+        assert "config_id" in str(info.value)
+    # Malformed init-data never leaves the workload.
+    with pytest.raises(UsageError):
+        KbsClient("http://127.0.0.1:1", backend=backend, init_data="version = ")

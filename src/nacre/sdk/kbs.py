@@ -58,6 +58,7 @@ from nacre.sdk.errors import (
 from nacre.tee import TeeBackend, current
 from nacre.token import decrypt, kbs_report_data, public_jwk
 from nacre.token.errors import JweError
+from nacre.token.initdata import parse_init_data
 from nacre.urls import check_service_url
 
 __all__ = [
@@ -207,7 +208,10 @@ class KbsClient:
     ``ca_bundle`` (a PEM file) and ``ca_data`` (PEM text, e.g. from an environment variable) add CA
     certificates to the default trust store (TLS is always verified); neither can be combined with
     ``http``. ``key_type`` picks the ephemeral TEE key: ``"EC"`` (P-256,
-    ECDH-ES+A256KW, default) or ``"RSA"`` (3072 bits, RSA-OAEP-256).
+    ECDH-ES+A256KW, default) or ``"RSA"`` (3072 bits, RSA-OAEP-256). ``init_data``: the Initdata
+    TOML this TEE was launched with (its digest is in CONFIGID / MRCONFIGID / HOST_DATA); it is
+    sent with the attestation, the broker checks it against the evidence, and release policies
+    can then read it (``init_data.data[...]``).
     """
 
     def __init__(
@@ -222,8 +226,12 @@ class KbsClient:
         key_type: KeyType = "EC",
         get_retries: int = GET_RETRIES,
         backoff: float = GET_BACKOFF_SECONDS,
+        init_data: str | None = None,
     ) -> None:
         self._url = check_kbs_url(url)
+        if init_data is not None:
+            parse_init_data({"format": "toml", "body": init_data})  # refuse it here, not remotely
+        self._init_data = init_data
         if key_type not in ("EC", "RSA"):
             raise UsageError(
                 "unknown TEE key type", field="key_type", expected="EC or RSA", actual=key_type
@@ -400,13 +408,15 @@ class KbsClient:
         quote = self._backend.quote(report_data)
 
         # 3. Attestation -> token.
-        attest_body = {
+        attest_body: dict[str, Any] = {
             "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
             "tee-evidence": {
                 "primary_evidence": {"quote": base64.b64encode(quote).decode("ascii")},
                 "additional_evidence": "",
             },
         }
+        if self._init_data is not None:
+            attest_body["init-data"] = {"format": "toml", "body": self._init_data}
         response, body = self._send(
             "POST",
             f"{self._url}/kbs/v0/attest",

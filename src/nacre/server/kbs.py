@@ -22,7 +22,6 @@ from starlette.responses import JSONResponse, Response
 
 from nacre.errors import NacreError, UsageError, VerificationError
 from nacre.server.attest import DEFAULT_POLICY_ID
-from nacre.server.initdata import check_init_data, parse_init_data
 from nacre.server.models import KbsAttestRequest, KbsAuthRequest
 from nacre.server.observe import log_event
 from nacre.server.problems import Problem
@@ -38,6 +37,7 @@ from nacre.token import (
     encrypt_for_tee_key,
     kbs_report_data,
 )
+from nacre.token.initdata import check_init_data, parse_init_data
 
 __all__ = ["KBS_PROTOCOL_VERSION", "KBS_SESSION_COOKIE", "kbs_router"]
 
