@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from sqlalchemy import select
@@ -25,7 +29,7 @@ from nacre.store import _schema as t
 from nacre.token import kbs_report_data, public_jwk
 from test_store_support import database, make_sealer
 
-__all__ = ["Clock", "Env", "SyncClient", "Workload", "b64", "make_env", "snapshot"]
+__all__ = ["Clock", "Env", "SyncClient", "Workload", "b64", "make_env", "served", "snapshot"]
 
 
 def b64(data: bytes) -> str:
@@ -223,3 +227,33 @@ def snapshot(store: Store) -> dict[str, Any]:
             )
         }
     return {**tables, "audit": [e.to_json() for e in store.audit_entries()]}
+
+
+@contextmanager
+def served(app: FastAPI, *, lifespan: str = "off") -> Iterator[str]:
+    """``app`` on uvicorn at 127.0.0.1 (a free port) in a thread; yields its URL. Lifespan off by
+    default: the test's :class:`Env` owns the service and closes it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan=lifespan,  # type: ignore[arg-type]
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

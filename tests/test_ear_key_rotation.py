@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from nacre.cli import app as cli_app
 from nacre.server import create_app
 from nacre.token import decrypt, verify_ear
-from server_support import Env, Workload, make_env
+from server_support import Env, Workload, make_env, served
 from test_store_support import BACKENDS
 
 
@@ -103,57 +99,31 @@ def test_a_replica_sees_the_rotation_at_once(tmp_path: Path) -> None:
             other_app.state.nacre.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_ear_key_cli(tmp_path: Path) -> None:
-    with make_env("sqlite", tmp_path) as env:
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                env.app,
-                host="127.0.0.1",
-                port=port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-            )
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not server.started and time.monotonic() < deadline:
-                time.sleep(0.02)
-            common = [
-                "--server",
-                f"http://127.0.0.1:{port}",
-                "--admin-key",
-                str(env.data_dir / "admin.key"),
-            ]
-            runner = CliRunner()
+    with make_env("sqlite", tmp_path) as env, served(env.app) as url:
+        common = [
+            "--server",
+            url,
+            "--admin-key",
+            str(env.data_dir / "admin.key"),
+        ]
+        runner = CliRunner()
 
-            def js(*args: str) -> dict[str, Any]:
-                r = runner.invoke(cli_app, [*args, *common, "--json"])
-                assert r.exit_code == 0, r.output
-                out: dict[str, Any] = json.loads(r.stdout)
-                return out
+        def js(*args: str) -> dict[str, Any]:
+            r = runner.invoke(cli_app, [*args, *common, "--json"])
+            assert r.exit_code == 0, r.output
+            out: dict[str, Any] = json.loads(r.stdout)
+            return out
 
-            first = js("ear-key", "list")["current_kid"]
-            rotated = js("ear-key", "rotate")
-            assert rotated["rotated"] is True
-            assert rotated["current_kid"] != first
-            listed = js("ear-key", "list")
-            assert {k["kid"] for k in listed["keys"]} == {first, rotated["current_kid"]}
-            r = runner.invoke(cli_app, ["ear-key", "list", *common])
-            assert r.exit_code == 0
-            assert rotated["current_kid"][:12] in r.stdout
-            r = runner.invoke(cli_app, ["ear-key", "rotate", *common])
-            assert r.exit_code == 0
-            assert "rotated" in r.stdout
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        first = js("ear-key", "list")["current_kid"]
+        rotated = js("ear-key", "rotate")
+        assert rotated["rotated"] is True
+        assert rotated["current_kid"] != first
+        listed = js("ear-key", "list")
+        assert {k["kid"] for k in listed["keys"]} == {first, rotated["current_kid"]}
+        r = runner.invoke(cli_app, ["ear-key", "list", *common])
+        assert r.exit_code == 0
+        assert rotated["current_kid"][:12] in r.stdout
+        r = runner.invoke(cli_app, ["ear-key", "rotate", *common])
+        assert r.exit_code == 0
+        assert "rotated" in r.stdout

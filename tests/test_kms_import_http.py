@@ -7,23 +7,19 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from nacre.cli import app as cli_app
 from nacre.token import encrypt_for_tee_key, public_jwk
-from server_support import Env, b64, make_env
+from server_support import Env, b64, make_env, served
 from test_store_support import BACKENDS
 
 WRAPPING = "/kms/v1/import/wrapping-key"
@@ -176,91 +172,60 @@ def test_import_refusals(env: Env) -> None:
     assert _problem(again, 409)["status"] == 409
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_key_import_cli(tmp_path: Path) -> None:
-    with make_env("sqlite", tmp_path) as env:
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                env.app,
-                host="127.0.0.1",
-                port=port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
+    with make_env("sqlite", tmp_path) as env, served(env.app) as url:
+        common = ["--server", url, "--admin-key", str(env.data_dir / "admin.key")]
+        runner = CliRunner()
+
+        def run(*args: str) -> Any:
+            return runner.invoke(cli_app, [*args, *common])
+
+        # AES-256 as hex: what the service encrypts, the same key decrypts outside.
+        aes = os.urandom(32)
+        hex_file = tmp_path / "aes.hex"
+        hex_file.write_text(aes.hex() + "\n")
+        r = run("key", "import", "old-aes", "--file", str(hex_file), "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["type"] == "AES-256"
+        plain = tmp_path / "plain.bin"
+        plain.write_bytes(b"payload")
+        enc = tmp_path / "enc.bin"
+        r = run("key", "encrypt", "old-aes", "--in", str(plain), "--out", str(enc))
+        assert r.exit_code == 0, r.output
+        assert env.client.get("/kms/v1/keys/old-aes", headers=env.admin_headers()).json()
+        # EC P-256 from a PEM file (traditional form converts to PKCS#8 on the way).
+        private = ec.generate_private_key(ec.SECP256R1())
+        pem_file = tmp_path / "ec.pem"
+        pem_file.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
             )
         )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not server.started and time.monotonic() < deadline:
-                time.sleep(0.02)
-            url = f"http://127.0.0.1:{port}"
-            common = ["--server", url, "--admin-key", str(env.data_dir / "admin.key")]
-            runner = CliRunner()
-
-            def run(*args: str) -> Any:
-                return runner.invoke(cli_app, [*args, *common])
-
-            # AES-256 as hex: what the service encrypts, the same key decrypts outside.
-            aes = os.urandom(32)
-            hex_file = tmp_path / "aes.hex"
-            hex_file.write_text(aes.hex() + "\n")
-            r = run("key", "import", "old-aes", "--file", str(hex_file), "--json")
-            assert r.exit_code == 0, r.output
-            assert json.loads(r.stdout)["type"] == "AES-256"
-            plain = tmp_path / "plain.bin"
-            plain.write_bytes(b"payload")
-            enc = tmp_path / "enc.bin"
-            r = run("key", "encrypt", "old-aes", "--in", str(plain), "--out", str(enc))
-            assert r.exit_code == 0, r.output
-            assert env.client.get("/kms/v1/keys/old-aes", headers=env.admin_headers()).json()
-            # EC P-256 from a PEM file (traditional form converts to PKCS#8 on the way).
-            private = ec.generate_private_key(ec.SECP256R1())
-            pem_file = tmp_path / "ec.pem"
-            pem_file.write_bytes(
-                private.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.TraditionalOpenSSL,
-                    serialization.NoEncryption(),
-                )
-            )
-            r = run("key", "import", "old-ec", "--type", "EC-P256", "--file", str(pem_file))
-            assert r.exit_code == 0, r.output
-            assert "imported old-ec" in r.stdout
-            r = run("key", "sign", "old-ec", "--file", str(plain))
-            assert r.exit_code == 0, r.output
-            private.public_key().verify(
-                base64.b64decode(r.stdout.strip()), b"payload", ec.ECDSA(hashes.SHA256())
-            )
-            # Usage errors never reach the service: bad length, not a key, unknown type.
-            short = tmp_path / "short.bin"
-            short.write_bytes(b"x" * 31)
-            assert run("key", "import", "a", "--file", str(short)).exit_code == 2
-            assert (
-                run("key", "import", "b", "--type", "EC-P256", "--file", str(short)).exit_code == 2
-            )
-            assert (
-                run("key", "import", "c", "--type", "DES", "--file", str(hex_file)).exit_code == 2
-            )
-            # The service refuses material of another type: exit 1 with its problem.
-            r = run("key", "import", "d", "--type", "EC-P384", "--file", str(pem_file), "--json")
-            assert r.exit_code == 1
-            assert json.loads(r.stdout)["error"]["status"] == 400
-            # The key material is nowhere in the database file.
-            assert env.url.startswith("sqlite")
-            db = b"".join(p.read_bytes() for p in tmp_path.rglob("*.db*") if p.is_file())
-            assert len(db) > 4096
-            assert aes not in db
-            assert aes.hex().encode() not in db
-            scalar = private.private_numbers().private_value.to_bytes(32, "big")
-            assert scalar not in db
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        r = run("key", "import", "old-ec", "--type", "EC-P256", "--file", str(pem_file))
+        assert r.exit_code == 0, r.output
+        assert "imported old-ec" in r.stdout
+        r = run("key", "sign", "old-ec", "--file", str(plain))
+        assert r.exit_code == 0, r.output
+        private.public_key().verify(
+            base64.b64decode(r.stdout.strip()), b"payload", ec.ECDSA(hashes.SHA256())
+        )
+        # Usage errors never reach the service: bad length, not a key, unknown type.
+        short = tmp_path / "short.bin"
+        short.write_bytes(b"x" * 31)
+        assert run("key", "import", "a", "--file", str(short)).exit_code == 2
+        assert run("key", "import", "b", "--type", "EC-P256", "--file", str(short)).exit_code == 2
+        assert run("key", "import", "c", "--type", "DES", "--file", str(hex_file)).exit_code == 2
+        # The service refuses material of another type: exit 1 with its problem.
+        r = run("key", "import", "d", "--type", "EC-P384", "--file", str(pem_file), "--json")
+        assert r.exit_code == 1
+        assert json.loads(r.stdout)["error"]["status"] == 400
+        # The key material is nowhere in the database file.
+        assert env.url.startswith("sqlite")
+        db = b"".join(p.read_bytes() for p in tmp_path.rglob("*.db*") if p.is_file())
+        assert len(db) > 4096
+        assert aes not in db
+        assert aes.hex().encode() not in db
+        scalar = private.private_numbers().private_value.to_bytes(32, "big")
+        assert scalar not in db

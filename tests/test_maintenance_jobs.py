@@ -16,7 +16,7 @@ import pytest
 from nacre.errors import NacreError
 from nacre.server.maintenance import Maintenance
 from nacre.store import open_store
-from server_support import Env, make_env
+from server_support import Env, make_env, served
 from test_store_support import BACKENDS
 
 KEYS = "/kms/v1/keys"
@@ -171,24 +171,13 @@ def test_interval_must_be_positive(env: Env) -> None:
 
 
 def test_the_app_lifespan_runs_the_jobs(tmp_path: Path) -> None:
-    import socket
-
-    import uvicorn
-
     with make_env("sqlite", tmp_path, maintenance_interval=timedelta(milliseconds=50)) as env:
         _create(env, "daily", rotation_days=1)
         env.clock.offset = timedelta(days=1, seconds=5)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        server = uvicorn.Server(
-            uvicorn.Config(env.app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            jobs = env.app.state.maintenance
-            assert isinstance(jobs, Maintenance)
+        jobs = env.app.state.maintenance
+        assert isinstance(jobs, Maintenance)
+        with served(env.app, lifespan="on"):
+            assert jobs.running
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not (
                 jobs.last is not None and env.store.get_key("daily").current_version == 2
@@ -198,10 +187,7 @@ def test_the_app_lifespan_runs_the_jobs(tmp_path: Path) -> None:
             assert env.store.get_key("daily").current_version == 2
             time.sleep(0.2)  # more runs: the rotation is not repeated before its next date
             assert env.store.get_key("daily").current_version == 2
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
-        assert not thread.is_alive()
+        assert not jobs.running  # stopped with the app
 
 
 def test_serve_takes_the_interval_option() -> None:

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from nacre.cli import app as cli_app
 from nacre.server.adminauth import generate_admin_key
 from nacre.token import decrypt, kbs_report_data, verify_ear
-from server_support import Env, Workload, b64, make_env
+from server_support import Env, Workload, b64, make_env, served
 from test_store_support import BACKENDS
 
 NAME = "default/key/model"
@@ -247,81 +243,52 @@ def test_keyring_rotates_when_due_and_keeps_old_key_published(tmp_path: Path) ->
         assert b"pkcs8" not in Path(db_file).read_bytes()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_secret_cli_against_a_served_app(tmp_path: Path) -> None:
-    with make_env("sqlite", tmp_path) as env:
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                env.app,
-                host="127.0.0.1",
-                port=port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-            )
+    with make_env("sqlite", tmp_path) as env, served(env.app) as url:
+        key = str(env.data_dir / "admin.key")
+        secret = tmp_path / "secret.bin"
+        secret.write_bytes(b"cli secret")
+        policy = tmp_path / "policy.yaml"
+        policy.write_text("version: 1\nrules:\n  - name: svn\n    expr: claims.isv_svn >= 0\n")
+        runner = CliRunner()
+        common = ["--server", url, "--admin-key", key, "--json"]
+        r = runner.invoke(
+            cli_app,
+            ["secret", "put", NAME, "--file", str(secret), "--policy", str(policy), *common],
         )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not server.started and time.monotonic() < deadline:
-                time.sleep(0.02)
-            url = f"http://127.0.0.1:{port}"
-            key = str(env.data_dir / "admin.key")
-            secret = tmp_path / "secret.bin"
-            secret.write_bytes(b"cli secret")
-            policy = tmp_path / "policy.yaml"
-            policy.write_text("version: 1\nrules:\n  - name: svn\n    expr: claims.isv_svn >= 0\n")
-            runner = CliRunner()
-            common = ["--server", url, "--admin-key", key, "--json"]
-            r = runner.invoke(
-                cli_app,
-                ["secret", "put", NAME, "--file", str(secret), "--policy", str(policy), *common],
-            )
-            assert r.exit_code == 0, r.output
-            assert json.loads(r.output)["policy_id"] == "resource:default:key:model"
-            r = runner.invoke(cli_app, ["secret", "get", NAME, *common])
-            assert r.exit_code == 0
-            assert "cli secret" not in r.output
-            assert json.loads(r.output)["version"] == 1
-            r = runner.invoke(cli_app, ["secret", "list", *common])
-            assert r.exit_code == 0
-            assert json.loads(r.output)["resources"][0]["name"] == NAME
-            w = Workload(env)
-            w.handshake()
-            assert decrypt(w.resource(NAME).json(), w.key) == b"cli secret"
-            r = runner.invoke(cli_app, ["secret", "delete", NAME, *common])
-            assert r.exit_code == 0
-            r = runner.invoke(cli_app, ["secret", "get", NAME, *common])
-            assert r.exit_code == 1
-            assert json.loads(r.output)["error"]["status"] == 404
-            r = runner.invoke(
-                cli_app, ["secret", "put", "bad name", "--file", str(secret), *common]
-            )
-            assert r.exit_code == 2
-            r = runner.invoke(
-                cli_app,
-                [
-                    "secret",
-                    "list",
-                    "--server",
-                    url,
-                    "--admin-key",
-                    str(tmp_path / "nokey"),
-                    "--json",
-                ],
-            )
-            assert r.exit_code == 2
-            httpx.get(f"{url}/healthz").raise_for_status()
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["policy_id"] == "resource:default:key:model"
+        r = runner.invoke(cli_app, ["secret", "get", NAME, *common])
+        assert r.exit_code == 0
+        assert "cli secret" not in r.output
+        assert json.loads(r.output)["version"] == 1
+        r = runner.invoke(cli_app, ["secret", "list", *common])
+        assert r.exit_code == 0
+        assert json.loads(r.output)["resources"][0]["name"] == NAME
+        w = Workload(env)
+        w.handshake()
+        assert decrypt(w.resource(NAME).json(), w.key) == b"cli secret"
+        r = runner.invoke(cli_app, ["secret", "delete", NAME, *common])
+        assert r.exit_code == 0
+        r = runner.invoke(cli_app, ["secret", "get", NAME, *common])
+        assert r.exit_code == 1
+        assert json.loads(r.output)["error"]["status"] == 404
+        r = runner.invoke(cli_app, ["secret", "put", "bad name", "--file", str(secret), *common])
+        assert r.exit_code == 2
+        r = runner.invoke(
+            cli_app,
+            [
+                "secret",
+                "list",
+                "--server",
+                url,
+                "--admin-key",
+                str(tmp_path / "nokey"),
+                "--json",
+            ],
+        )
+        assert r.exit_code == 2
+        httpx.get(f"{url}/healthz").raise_for_status()
 
 
 def test_report_data_helper_matches_guest_components_layout() -> None:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
@@ -24,7 +20,7 @@ from typer.testing import CliRunner
 from nacre.cli import app as cli_app
 from nacre.sim import Manifest, ManifestFile
 from nacre.token import EarInput, Keyring, decrypt, issue_ear
-from server_support import Env, Workload, b64, make_env
+from server_support import Env, Workload, b64, make_env, served
 from test_store_support import BACKENDS
 
 KEYS = "/kms/v1/keys"
@@ -307,117 +303,88 @@ def test_release_policy_accepts_admin_use(lite: Env) -> None:
     assert _problem(r, 400)["field"] == "admin_use"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_key_and_policy_cli_against_a_served_app(tmp_path: Path) -> None:
-    with make_env("sqlite", tmp_path) as env:
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                env.app,
-                host="127.0.0.1",
-                port=port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-            )
+    with make_env("sqlite", tmp_path) as env, served(env.app) as url:
+        common = ["--server", url, "--admin-key", str(env.data_dir / "admin.key")]
+        runner = CliRunner()
+
+        def run(*args: str, input: bytes | None = None) -> Any:
+            return runner.invoke(cli_app, [*args, *common], input=input)
+
+        def js(*args: str) -> dict[str, Any]:
+            r = run(*args, "--json")
+            assert r.exit_code == 0, r.output
+            out: dict[str, Any] = json.loads(r.stdout)
+            return out
+
+        # policy set / show (and policy test still there)
+        doc = tmp_path / "p.yaml"
+        doc.write_text("version: 1\nadmin_use: true\nrules:\n  - name: t\n    expr: 'true'\n")
+        assert js("policy", "set", "kp", "--file", str(doc))["version"] == 1
+        shown = js("policy", "show", "kp")
+        assert shown["kind"] == "resource"
+        assert "admin_use" in shown["document"]
+        r = run("policy", "show", "kp")
+        assert r.exit_code == 0
+        assert "resource policy" in r.stdout
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("nope: 1\n")
+        r = run("policy", "set", "bad", "--file", str(bad), "--json")
+        assert r.exit_code == 1
+        assert json.loads(r.stdout)["error"]["status"] == 400
+        r = run("policy", "set", "x", "--file", str(doc), "--kind", "other")
+        assert r.exit_code == 2
+        assert runner.invoke(cli_app, ["policy", "test", "--help"]).exit_code == 0
+        # key create / list / show / rotate / disable / enable / schedule-delete
+        made = js("key", "create", "db", "--type", "AES-256", "--policy-id", "kp")
+        assert made["policy_id"] == "kp"
+        assert made["state"] == "enabled"
+        js("key", "create", "sig", "--type", "EC-P256")
+        assert {k["id"] for k in js("key", "list")["keys"]} == {"db", "sig"}
+        r = run("key", "list")
+        assert r.exit_code == 0
+        assert "db" in r.stdout
+        assert "BEGIN PUBLIC KEY" in js("key", "show", "sig")["public_key_pem"]
+        assert js("key", "rotate", "db")["current_version"] == 2
+        # encrypt / decrypt through files and stdin / stdout
+        plain = tmp_path / "plain.bin"
+        plain.write_bytes(b"\x00secret bytes\xff")
+        enc = tmp_path / "enc.bin"
+        r = run("key", "encrypt", "db", "--in", str(plain), "--out", str(enc), "--aad", "ctx")
+        assert r.exit_code == 0, r.output
+        assert b"secret" not in enc.read_bytes()
+        r = run("key", "decrypt", "db", "--aad", "ctx", input=enc.read_bytes())
+        assert r.exit_code == 0, r.output
+        assert r.stdout_bytes == b"\x00secret bytes\xff"
+        r = run("key", "decrypt", "db", "--in", str(enc), "--json")
+        assert r.exit_code == 1
+        assert json.loads(r.stdout)["error"]["status"] == 400
+        # sign prints base64 (or hex); verify checks it
+        r = run("key", "sign", "sig", "--file", str(plain))
+        assert r.exit_code == 0, r.output
+        sig = r.stdout.strip()
+        assert base64.b64decode(sig)
+        assert run("key", "verify", "sig", "--file", str(plain), "--signature", sig).exit_code == 0
+        r = run("key", "sign", "sig", "--file", str(plain), "--hex")
+        hexsig = r.stdout.strip()
+        bytes.fromhex(hexsig)
+        r = run("key", "verify", "sig", "--file", str(enc), "--signature", hexsig, "--hex")
+        assert r.exit_code == 1
+        assert "INVALID" in r.stdout
+        # lifecycle
+        assert js("key", "disable", "db")["state"] == "disabled"
+        r = run("key", "encrypt", "db", "--in", str(plain), "--json")
+        assert r.exit_code == 1
+        assert json.loads(r.stdout)["error"]["status"] == 409
+        assert js("key", "enable", "db")["state"] == "enabled"
+        assert js("key", "schedule-delete", "db", "--days", "7")["state"] == "pending_deletion"
+        assert js("key", "cancel-delete", "db")["state"] == "disabled"
+        # usage errors
+        assert run("key", "create", "z", "--type", "DES").exit_code == 2
+        assert run("key", "create", "z", "--expires-at", "soon").exit_code == 2
+        r = runner.invoke(
+            cli_app,
+            ["key", "list", "--server", url, "--admin-key", str(tmp_path / "no"), "--json"],
         )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not server.started and time.monotonic() < deadline:
-                time.sleep(0.02)
-            url = f"http://127.0.0.1:{port}"
-            common = ["--server", url, "--admin-key", str(env.data_dir / "admin.key")]
-            runner = CliRunner()
-
-            def run(*args: str, input: bytes | None = None) -> Any:
-                return runner.invoke(cli_app, [*args, *common], input=input)
-
-            def js(*args: str) -> dict[str, Any]:
-                r = run(*args, "--json")
-                assert r.exit_code == 0, r.output
-                out: dict[str, Any] = json.loads(r.stdout)
-                return out
-
-            # policy set / show (and policy test still there)
-            doc = tmp_path / "p.yaml"
-            doc.write_text("version: 1\nadmin_use: true\nrules:\n  - name: t\n    expr: 'true'\n")
-            assert js("policy", "set", "kp", "--file", str(doc))["version"] == 1
-            shown = js("policy", "show", "kp")
-            assert shown["kind"] == "resource"
-            assert "admin_use" in shown["document"]
-            r = run("policy", "show", "kp")
-            assert r.exit_code == 0
-            assert "resource policy" in r.stdout
-            bad = tmp_path / "bad.yaml"
-            bad.write_text("nope: 1\n")
-            r = run("policy", "set", "bad", "--file", str(bad), "--json")
-            assert r.exit_code == 1
-            assert json.loads(r.stdout)["error"]["status"] == 400
-            r = run("policy", "set", "x", "--file", str(doc), "--kind", "other")
-            assert r.exit_code == 2
-            assert runner.invoke(cli_app, ["policy", "test", "--help"]).exit_code == 0
-            # key create / list / show / rotate / disable / enable / schedule-delete
-            made = js("key", "create", "db", "--type", "AES-256", "--policy-id", "kp")
-            assert made["policy_id"] == "kp"
-            assert made["state"] == "enabled"
-            js("key", "create", "sig", "--type", "EC-P256")
-            assert {k["id"] for k in js("key", "list")["keys"]} == {"db", "sig"}
-            r = run("key", "list")
-            assert r.exit_code == 0
-            assert "db" in r.stdout
-            assert "BEGIN PUBLIC KEY" in js("key", "show", "sig")["public_key_pem"]
-            assert js("key", "rotate", "db")["current_version"] == 2
-            # encrypt / decrypt through files and stdin / stdout
-            plain = tmp_path / "plain.bin"
-            plain.write_bytes(b"\x00secret bytes\xff")
-            enc = tmp_path / "enc.bin"
-            r = run("key", "encrypt", "db", "--in", str(plain), "--out", str(enc), "--aad", "ctx")
-            assert r.exit_code == 0, r.output
-            assert b"secret" not in enc.read_bytes()
-            r = run("key", "decrypt", "db", "--aad", "ctx", input=enc.read_bytes())
-            assert r.exit_code == 0, r.output
-            assert r.stdout_bytes == b"\x00secret bytes\xff"
-            r = run("key", "decrypt", "db", "--in", str(enc), "--json")
-            assert r.exit_code == 1
-            assert json.loads(r.stdout)["error"]["status"] == 400
-            # sign prints base64 (or hex); verify checks it
-            r = run("key", "sign", "sig", "--file", str(plain))
-            assert r.exit_code == 0, r.output
-            sig = r.stdout.strip()
-            assert base64.b64decode(sig)
-            assert (
-                run("key", "verify", "sig", "--file", str(plain), "--signature", sig).exit_code == 0
-            )
-            r = run("key", "sign", "sig", "--file", str(plain), "--hex")
-            hexsig = r.stdout.strip()
-            bytes.fromhex(hexsig)
-            r = run("key", "verify", "sig", "--file", str(enc), "--signature", hexsig, "--hex")
-            assert r.exit_code == 1
-            assert "INVALID" in r.stdout
-            # lifecycle
-            assert js("key", "disable", "db")["state"] == "disabled"
-            r = run("key", "encrypt", "db", "--in", str(plain), "--json")
-            assert r.exit_code == 1
-            assert json.loads(r.stdout)["error"]["status"] == 409
-            assert js("key", "enable", "db")["state"] == "enabled"
-            assert js("key", "schedule-delete", "db", "--days", "7")["state"] == "pending_deletion"
-            assert js("key", "cancel-delete", "db")["state"] == "disabled"
-            # usage errors
-            assert run("key", "create", "z", "--type", "DES").exit_code == 2
-            assert run("key", "create", "z", "--expires-at", "soon").exit_code == 2
-            r = runner.invoke(
-                cli_app,
-                ["key", "list", "--server", url, "--admin-key", str(tmp_path / "no"), "--json"],
-            )
-            assert r.exit_code == 2
-            httpx.get(f"{url}/healthz").raise_for_status()
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        assert r.exit_code == 2
+        httpx.get(f"{url}/healthz").raise_for_status()

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from nacre.collateral.signed_json import SignedJson, parse_signed_json
-from nacre.collateral.tcb_info import _STATUS_SET, _STR_ONLY, _bad, _Fields
+from nacre.collateral.tcb_info import _bad, _Fields, level_status_fast
 
 __all__ = ["EnclaveIdentity", "QeTcbLevel", "parse_qe_identity"]
 
@@ -78,19 +78,10 @@ def _level_fast(raw: Any) -> QeTcbLevel | None:
     if type(tcb) is not dict:
         return None
     isvsvn = tcb.get("isvsvn")
-    status, date = raw.get("tcbStatus"), raw.get("tcbDate")
-    advisories = raw.get("advisoryIDs", [])
-    if (
-        type(isvsvn) is not int
-        or not 0 <= isvsvn <= 0xFFFF
-        or type(status) is not str
-        or status not in _STATUS_SET
-        or type(date) is not str
-        or type(advisories) is not list
-        or (advisories and set(map(type, advisories)) != _STR_ONLY)
-    ):
+    common = level_status_fast(raw)
+    if type(isvsvn) is not int or not 0 <= isvsvn <= 0xFFFF or common is None:
         return None
-    return QeTcbLevel(isvsvn, status, date, tuple(advisories))
+    return QeTcbLevel(isvsvn, *common)
 
 
 def _level(raw: Any, i: int) -> QeTcbLevel:

@@ -17,6 +17,7 @@ __all__ = [
     "TdxModule",
     "TdxModuleIdentity",
     "TdxModuleLevel",
+    "level_status_fast",
     "parse_iso_time",
     "parse_tcb_info",
 ]
@@ -210,21 +211,32 @@ def _level_fast(raw: Any, is_tdx: bool) -> TcbLevel | None:
     sgx = _byte_svns(tcb.get("sgxtcbcomponents"))
     tdx = _byte_svns(tcb.get("tdxtcbcomponents")) if is_tdx else None
     pce_svn = tcb.get("pcesvn")
-    status, date = raw.get("tcbStatus"), raw.get("tcbDate")
-    advisories = raw.get("advisoryIDs", [])
+    common = level_status_fast(raw)
     if (
         sgx is None
         or (is_tdx and tdx is None)
         or type(pce_svn) is not int
         or not 0 <= pce_svn <= 0xFFFF
-        or type(status) is not str
+        or common is None
+    ):
+        return None
+    return TcbLevel(sgx, pce_svn, tdx, *common)
+
+
+def level_status_fast(raw: dict[str, Any]) -> tuple[str, str, tuple[str, ...]] | None:
+    """``(tcbStatus, tcbDate, advisoryIDs)`` of a TCB info or QE identity level when all three
+    are well-formed (plain lookups), else None (the field readers then name what is wrong)."""
+    status, date = raw.get("tcbStatus"), raw.get("tcbDate")
+    advisories = raw.get("advisoryIDs", [])
+    if (
+        type(status) is not str
         or status not in _STATUS_SET
         or type(date) is not str
         or type(advisories) is not list
         or (advisories and set(map(type, advisories)) != _STR_ONLY)
     ):
         return None
-    return TcbLevel(sgx, pce_svn, tdx, status, date, tuple(advisories))
+    return status, date, tuple(advisories)
 
 
 def _levels(raw: list[Any], version: int, is_tdx: bool) -> tuple[TcbLevel, ...]:

@@ -108,6 +108,11 @@ class Maintenance:
         self._thread = threading.Thread(target=self._loop, name="nacre-maintenance", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """The timer thread is started and not stopped."""
+        return self._thread is not None
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         thread, self._thread = self._thread, None
