@@ -444,13 +444,24 @@ def print_report(doc: dict[str, Any]) -> None:
         print(f"{g['name']:48} {g['value']:8}  {g['goal']:8} {'yes' if g['met'] else 'NO'}")
     print()
     print("informative:")
+    cores = doc["cores"] or 1
     for lv in doc["levels"]:
         srv = lv["server_cpu_ms_per_handshake"]
+        cli = lv["client_cpu_ms_per_handshake"]
         if srv:
             print(
                 f"  {lv['clients']:3d} clients: server CPU per handshake / floor = "
                 f"{srv / floor['ms_per_handshake']:.2f} "
                 f"(server CPU-bound ceiling {1e3 / srv:.0f} hs/s on one core)"
+            )
+        if srv and cli:
+            # Server and clients share the machine: no run here can exceed this, whatever the
+            # concurrency (the floor goal needs the two together under cores / (0.5 * floor rate)).
+            ceiling = cores * 1e3 / (srv + cli)
+            print(
+                f"      whole-machine ceiling: {cores} cores / ({srv:.2f} + {cli:.2f} ms CPU per "
+                f"handshake) = {ceiling:.0f} hs/s = {ceiling / floor['handshakes_per_second']:.2f} "
+                "of the floor"
             )
 
 
