@@ -1,6 +1,7 @@
 """KBS full-handshake throughput and latency against a real ``nacre serve``, beside the crypto floor.
 
     .venv/bin/python benchmarks/kbs.py [--json] [--duration S] [--clients 1,8,64]
+        [--database postgresql://... [--replicas N]]
 
 One run:
 
@@ -32,6 +33,11 @@ about a third is the HTTP stack (uvicorn, FastAPI/Starlette middleware, thread h
 three requests, a quarter the three durable commits and the audit append, and the crypto floor's
 work most of the rest.
 
+``--replicas N`` starts N ``nacre serve`` processes on one PostgreSQL database (each given the
+first one's sealed KEK, as replicas are provisioned) and spreads the client threads over them:
+the scale-out the service is built for, measured here on the cores the clients also use. The
+server CPU figure then sums the replicas; PostgreSQL's own processes are not in it.
+
 Figures are printed, never asserted: timings vary by machine. Every loop is bounded in time and
 in count; all traffic goes to 127.0.0.1; the server is stopped at the end, on Ctrl-C and on errors.
 """
@@ -40,11 +46,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import gc
 import json
 import os
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -132,15 +140,25 @@ class Server:
 
 @contextmanager
 def running_server(
-    root: Path, sim_dir: Path, log_level: str, database: str | None = None
+    root: Path,
+    sim_dir: Path,
+    log_level: str,
+    database: str | None = None,
+    *,
+    name: str = "data",
+    kek_from: Path | None = None,
 ) -> Iterator[Server]:
-    """``nacre serve`` on 127.0.0.1 with SQLite in ``root/data`` (or ``database``); stopped on
-    the way out."""
-    data_dir = root / "data"
+    """``nacre serve`` on 127.0.0.1 with SQLite in ``root/<name>`` (or ``database``); stopped on
+    the way out. ``kek_from``: a replica's data directory whose sealed KEK this one is given
+    (the documented per-replica step)."""
+    data_dir = root / name
+    if kek_from is not None:
+        data_dir.mkdir(mode=0o700)
+        shutil.copy2(kek_from / "kek.json", data_dir / "kek.json")
     port = _free_port()
     env = {**os.environ, "NACRE_SIM_DIR": str(sim_dir)}
     env.pop("NACRE_TEE", None)
-    log = root / "server.log"
+    log = root / f"{name}.log"
     cmd = [
         *_nacre_command(),
         "serve",
@@ -303,15 +321,27 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+def _servers_cpu(servers: list[Server]) -> float | None:
+    """CPU seconds of all the server processes together (None when one cannot be read)."""
+    total = 0.0
+    for server in servers:
+        cpu = server.cpu_seconds()
+        if cpu is None:
+            return None
+        total += cpu
+    return total
+
+
 def _client_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
 def run_level(
-    server: Server, platform: SimPlatform, secret: bytes, clients: int, duration: float
+    servers: list[Server], platform: SimPlatform, secret: bytes, clients: int, duration: float
 ) -> Level:
-    """``clients`` threads doing full handshakes (fresh KbsClient each) for ``duration`` seconds."""
+    """``clients`` threads doing full handshakes (fresh KbsClient each) for ``duration`` seconds;
+    thread ``i`` talks to replica ``i mod len(servers)``."""
     level = Level(clients)
     lock = threading.Lock()
     latencies: list[float] = []
@@ -326,10 +356,10 @@ def run_level(
         for _ in range(clients)
     ]
 
-    def worker(http: httpx.Client) -> None:
-        _loop(SimBackend(platform), http)
+    def worker(http: httpx.Client, server: Server) -> None:
+        _loop(SimBackend(platform), http, server)
 
-    def _loop(backend: SimBackend, http: httpx.Client) -> None:
+    def _loop(backend: SimBackend, http: httpx.Client, server: Server) -> None:
         while True:
             with lock:
                 if time.monotonic() >= stop_at[0] or count[0] >= MAX_HANDSHAKES_PER_LEVEL:
@@ -353,8 +383,11 @@ def run_level(
                     if len(level.error_samples) < 5:
                         level.error_samples.append(error[:300])
 
-    threads = [threading.Thread(target=worker, args=(pool,), daemon=True) for pool in pools]
-    server_cpu0, client_cpu0 = server.cpu_seconds(), _client_cpu()
+    threads = [
+        threading.Thread(target=worker, args=(pool, servers[i % len(servers)]), daemon=True)
+        for i, pool in enumerate(pools)
+    ]
+    server_cpu0, client_cpu0 = _servers_cpu(servers), _client_cpu()
     t0 = time.monotonic()
     stop_at[0] = t0 + duration
     for th in threads:
@@ -363,7 +396,7 @@ def run_level(
     for th in threads:
         th.join(timeout=max(0.0, join_deadline - time.monotonic()))
     level.seconds = time.monotonic() - t0
-    server_cpu1, client_cpu1 = server.cpu_seconds(), _client_cpu()
+    server_cpu1, client_cpu1 = _servers_cpu(servers), _client_cpu()
     for pool in pools:
         pool.close()
     if any(th.is_alive() for th in threads):
@@ -479,7 +512,17 @@ def main(argv: list[str] | None = None) -> int:
         help="the server's --database URL (default: SQLite in a temporary data dir); "
         "use a fresh, empty database or schema",
     )
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="nacre serve processes sharing --database (PostgreSQL), clients spread over them",
+    )
     args = ap.parse_args(argv)
+    if not 1 <= args.replicas <= 16:
+        ap.error("--replicas: 1 to 16")
+    if args.replicas > 1 and not (args.database or "").startswith("postgresql"):
+        ap.error("--replicas > 1 needs a shared PostgreSQL --database (replicas share it)")
     try:
         counts = sorted({int(c) for c in args.clients.split(",") if c.strip()})
     except ValueError:
@@ -494,19 +537,36 @@ def main(argv: list[str] | None = None) -> int:
         sim_dir = root / "sim"
         platform = SimPlatform.load_or_init(sim_dir)
         secret = secrets.token_bytes(32)
-        with running_server(root, sim_dir, args.log_level, args.database) as server:
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(
+                running_server(root, sim_dir, args.log_level, args.database)
+            )
+            servers = [server] + [
+                stack.enter_context(
+                    running_server(
+                        root,
+                        sim_dir,
+                        args.log_level,
+                        args.database,
+                        name=f"data-{i}",
+                        kek_from=server.data_dir,
+                    )
+                )
+                for i in range(1, args.replicas)
+            ]
             register_resource(server, platform, secret)
             floor_samples = measure_floor(
                 floor_op(platform), args.floor_rounds, args.floor_round_seconds
             )
             floor_seconds = statistics.median(floor_samples)
             # Warm-up: a few handshakes (imports, connection setup, caches), not counted.
-            warm = run_level(server, platform, secret, 1, min(1.0, args.duration))
+            warm = run_level(servers, platform, secret, len(servers), min(1.0, args.duration))
             if warm.errors:
                 raise RuntimeError(f"warm-up handshakes failed: {warm.error_samples}")
-            levels = [run_level(server, platform, secret, n, args.duration) for n in counts]
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"the server died:\n{server.log_tail()}")
+            levels = [run_level(servers, platform, secret, n, args.duration) for n in counts]
+            for each in servers:
+                if each.proc.poll() is not None:
+                    raise RuntimeError(f"a server died:\n{each.log_tail()}")
     floor: dict[str, Any] = {
         "ms_per_handshake": floor_seconds * 1e3,
         "handshakes_per_second": 1 / floor_seconds,
@@ -516,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "cores": os.cpu_count(),
         "duration_per_level": args.duration,
-        "server": "nacre serve (uvicorn, 1 process), sim trust, 127.0.0.1",
+        "server": f"nacre serve (uvicorn) x {args.replicas} replica process(es), sim trust, "
+        "127.0.0.1",
         "database": "sqlite (WAL, synchronous=FULL) in a temp dir"
         if args.database is None
         else args.database.split("@")[-1],
