@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nacre.sim import Manifest
 from nacre.token import decrypt, verify_ear
@@ -19,6 +21,12 @@ from test_store_support import BACKENDS
 
 DOC = 'version = "0.1.0"\nalgorithm = "sha384"\n\n[data]\nenv = "prod"\n'
 OTHER = 'version = "0.1.0"\nalgorithm = "sha384"\n\n[data]\nenv = "dev"\n'
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Iterator[Env]:
+    with make_env("sqlite", tmp_path) as e:
+        yield e
 
 
 @pytest.fixture(params=BACKENDS)
@@ -134,3 +142,35 @@ def test_sdk_client_sends_its_init_data(env: Env) -> None:
     # Malformed init-data never leaves the workload.
     with pytest.raises(UsageError):
         KbsClient("http://127.0.0.1:1", backend=backend, init_data="version = ")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    init_data=st.one_of(
+        _JSON,
+        st.fixed_dictionaries({"format": st.sampled_from(["toml", "json", ""]), "body": _JSON}),
+        st.fixed_dictionaries({"format": st.just("toml"), "body": st.text(max_size=200)}),
+    )
+)
+def test_any_init_data_is_a_4xx_never_a_crash(lite: Env, init_data: object) -> None:
+    """Whatever the init-data member holds, the answer is a 4xx naming it (or a 200 when it is
+    the launch document), never a 5xx, and the session's nonce stays usable."""
+    w = Workload(lite)
+    assert w.auth().status_code == 200
+    body = w.attest_body(manifest=_launched_with(DOC))
+    body["init-data"] = init_data
+    r = w.client.post("/kbs/v0/attest", json=body)
+    assert r.status_code in (200, 400, 403), r.text
+    if r.status_code != 200:
+        assert r.json()["check"] in ("init-data", "init_data")

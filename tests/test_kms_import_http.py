@@ -15,6 +15,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from nacre.cli import app as cli_app
@@ -229,3 +231,39 @@ def test_key_import_cli(tmp_path: Path) -> None:
         assert aes.hex().encode() not in db
         scalar = private.private_numbers().private_value.to_bytes(32, "big")
         assert scalar not in db
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=12,
+)
+_JWE_MEMBERS = st.fixed_dictionaries(
+    {},
+    optional={
+        k: st.text(alphabet="ABCDEFabcdef0123456789-_", max_size=60) | _JSON
+        for k in ("protected", "encrypted_key", "iv", "ciphertext", "tag", "aad", "header")
+    },
+)
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Iterator[Env]:
+    with make_env("sqlite", tmp_path) as e:
+        yield e
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(wrapped=st.one_of(_JSON, _JWE_MEMBERS))
+def test_any_wrapped_value_is_a_4xx_never_a_crash(lite: Env, wrapped: object) -> None:
+    r = lite.client.post(
+        IMPORT,
+        json={"type": "AES-256", "name": "fuzzed", "wrapped": wrapped},
+        headers=lite.admin_headers(),
+    )
+    assert 400 <= r.status_code < 500, r.text
+    assert lite.client.get("/kms/v1/keys/fuzzed", headers=lite.admin_headers()).status_code == 404
