@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from nacre.cli.demo_cmd import LocalServer
 from nacre.server import NacreService, ServerConfig, create_app, load_admin_key, sign_admin_token
 from nacre.server.adminauth import AdminPrivateKey, generate_admin_key, public_jwk_of
 from nacre.sim import SimPlatform
@@ -230,30 +227,8 @@ def snapshot(store: Store) -> dict[str, Any]:
 
 
 @contextmanager
-def served(app: FastAPI, *, lifespan: str = "off") -> Iterator[str]:
-    """``app`` on uvicorn at 127.0.0.1 (a free port) in a thread; yields its URL. Lifespan off by
-    default: the test's :class:`Env` owns the service and closes it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan=lifespan,  # type: ignore[arg-type]
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+def served(app: FastAPI, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
+    """``app`` on uvicorn at 127.0.0.1 (:class:`nacre.cli.demo_cmd.LocalServer`); yields its URL.
+    Lifespan off by default: the test's :class:`Env` owns the service and closes it."""
+    with LocalServer(app, lifespan=lifespan) as server:
+        yield server.url

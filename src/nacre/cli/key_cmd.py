@@ -411,13 +411,17 @@ def encrypt_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Encrypt --in (or stdin) inside the service; the ciphertext goes to --out (or stdout)."""
-    data = _input(infile, as_json)
-    body = {"plaintext": _b64(data), "aad": _aad(aad, as_json)}
-    result = _call("POST", _path(key_id, "encrypt"), server, admin_key, as_json, body)
-    if as_json:
-        _print(result, True, "")
-        return
-    _output(base64.b64decode(result["ciphertext"]), outfile, as_json)
+    _transform(
+        "encrypt",
+        ("plaintext", "ciphertext"),
+        key_id,
+        infile,
+        outfile,
+        aad,
+        server,
+        admin_key,
+        as_json,
+    )
 
 
 @key_app.command("decrypt")
@@ -431,13 +435,38 @@ def decrypt_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Decrypt --in (or stdin) inside the service; the plaintext goes to --out (or stdout)."""
-    data = _input(infile, as_json)
-    body = {"ciphertext": _b64(data), "aad": _aad(aad, as_json)}
-    result = _call("POST", _path(key_id, "decrypt"), server, admin_key, as_json, body)
+    _transform(
+        "decrypt",
+        ("ciphertext", "plaintext"),
+        key_id,
+        infile,
+        outfile,
+        aad,
+        server,
+        admin_key,
+        as_json,
+    )
+
+
+def _transform(
+    op: str,
+    members: tuple[str, str],
+    key_id: str,
+    infile: Path | None,
+    outfile: Path | None,
+    aad: str,
+    server: str | None,
+    admin_key: Path | None,
+    as_json: bool,
+) -> None:
+    """Send --in (or stdin) as ``members[0]`` to ``op``; write the answer's ``members[1]``."""
+    sent, answered = members
+    body = {sent: _b64(_input(infile, as_json)), "aad": _aad(aad, as_json)}
+    result = _call("POST", _path(key_id, op), server, admin_key, as_json, body)
     if as_json:
         _print(result, True, "")
         return
-    _output(base64.b64decode(result["plaintext"]), outfile, as_json)
+    _output(base64.b64decode(result[answered]), outfile, as_json)
 
 
 @key_app.command("sign")

@@ -20,11 +20,10 @@ from datetime import datetime, timedelta
 
 from nacre.errors import NacreError
 from nacre.kms import Kms
-from nacre.server.config import DEFAULT_MAINTENANCE_INTERVAL
 from nacre.server.observe import log_event
 from nacre.store import Store
 
-__all__ = ["DEFAULT_MAINTENANCE_INTERVAL", "Maintenance", "MaintenanceRun"]
+__all__ = ["Maintenance", "MaintenanceRun"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,6 @@ from nacre.collateral.x509_der import (
     CertDer,
     cert_der,
     cert_extension_value,
-    crl_signed_parts,
     name_cn,
 )
 from nacre.errors import CollateralError, VerificationError
@@ -354,7 +353,7 @@ def _undecodable(what: str, exc: Exception) -> CollateralError:
 
 
 def _crl_signed_by(
-    crl: x509.CertificateRevocationList, pub: object, der: bytes | None, what: str
+    crl: x509.CertificateRevocationList, pub: object, parts: tuple[bytes, bytes, bytes] | None
 ) -> bool:
     if isinstance(pub, ec.EllipticCurvePublicKey):
         # Direct ECDSA check over the TBS bytes read from the DER (cryptography re-encodes them
@@ -362,8 +361,8 @@ def _crl_signed_by(
         algorithm = crl.signature_hash_algorithm
         if algorithm is None:
             return False
-        if der is not None:
-            tbs, signature, _ = crl_signed_parts(der, what=what)
+        if parts is not None:
+            tbs, signature, _ = parts
         else:
             tbs, signature = crl.tbs_certlist_bytes, crl.signature
         ecdsa = _ECDSA_BY_HASH.get(getattr(algorithm, "name", "")) or ec.ECDSA(algorithm)
@@ -384,14 +383,15 @@ def check_crl(
     *,
     what: str,
     hint: str | None = None,
-    der: bytes | None = None,
+    parts: tuple[bytes, bytes, bytes] | None = None,
 ) -> Window:
     """The CRL is signed by ``issuer``'s key (which binds it to that CA) and current at ``now``.
 
-    ``der``, when given, is the CRL's DER (the signed bytes are read from it directly).
+    ``parts``, when given, is :func:`~nacre.collateral.x509_der.crl_signed_parts` of the CRL's
+    DER (the signed bytes then come from it, not from re-encoding).
     """
     with decoding(what):
-        valid = _crl_signed_by(crl, issuer.public_key(), der, what)
+        valid = _crl_signed_by(crl, issuer.public_key(), parts)
         if not valid:
             refuse_simulation(crl.issuer, (issuer,), what)
             other = crl.issuer != issuer.subject

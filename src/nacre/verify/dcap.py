@@ -193,14 +193,14 @@ class _Collateral:
         def compute() -> tuple[_RootCrl, tuple[Window, ...]]:
             der = crl_der(raw, field="root_ca_crl.der")
             crl = load_crl(der, field="root_ca_crl.der")
-            issuer = crl_signed_parts(der, what="root_ca_crl.der")[2]
-            match = [a for a in self.anchors if a.subject == issuer]
+            parts = crl_signed_parts(der, what="root_ca_crl.der")
+            match = [a for a in self.anchors if a.subject == parts[2]]
             window = check_crl(
                 crl,
                 (match or list(self.anchors))[0].cert,
                 self.now,
                 what="Intel SGX Root CA CRL",
-                der=der,
+                parts=parts,
             )
             return _RootCrl(crl, window), (window,)
 
@@ -240,7 +240,7 @@ class _Collateral:
                     ca_cert,
                     self.now,
                     what="PCK CRL",
-                    der=der,
+                    parts=crl_signed_parts(der, what="pck_crl.der"),
                     hint=f"the PCK certificate was issued by the {ca} CA: fetch the PCK CRL "
                     f"with ca={ca} (nacre collateral fetch EVIDENCE)",
                 )
