@@ -1,4 +1,17 @@
-"""Engines and migrations: SQLite (WAL, FULL sync, foreign keys, busy timeout) or PostgreSQL."""
+"""Engines and migrations: SQLite (WAL, FULL sync, foreign keys, busy timeout) or PostgreSQL.
+
+SQLite durability is chosen per write transaction. Every write is fsynced at commit
+(``synchronous=FULL``: it survives a crash and a power cut) except those marked :data:`UNSYNCED`,
+committed with ``synchronous=NORMAL`` (written to the WAL, not fsynced). Those survive a crash of
+the process (kill -9) like every other write, and are of two kinds:
+
+- KBS session and nonce rows: a power cut may lose the last of them (never a later FULL commit:
+  the WAL is fsynced in order), which makes the clients concerned authenticate again. Trustee
+  keeps the same state in memory, lost on any restart.
+- audit entries whose caller makes them durable before acknowledging anything
+  (``Store.record(durable=False)`` then ``Store.sync_deferred()``, which fsyncs the WAL file
+  outside the write lock; see there).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +31,7 @@ __all__ = [
     "BUSY_TIMEOUT_MS",
     "READ_ONLY",
     "SCHEMA_HEAD",
+    "UNSYNCED",
     "current_revision",
     "make_engine",
     "sqlite_path",
@@ -72,6 +86,10 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 
 #: Execution option marking a read-only connection (SQLite: deferred BEGIN, no write lock).
 READ_ONLY: Final = "nacre_read_only"
+#: Execution option marking a write committed without an fsync (SQLite: synchronous=NORMAL).
+UNSYNCED: Final = "nacre_unsynced"
+#: Where a pooled SQLite connection records the synchronous level it was last set to.
+_SYNC_INFO: Final = "nacre_synchronous"
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -82,7 +100,18 @@ def _sqlite_begin(conn: Connection) -> None:
     # through SQLAlchemy's execution machinery costs as much as a query.
     driver = conn.connection.driver_connection
     assert driver is not None
-    driver.execute("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+    options = conn.get_execution_options()
+    if options.get(READ_ONLY):
+        driver.execute("BEGIN")
+        return
+    # The level applies to this connection's commits; set it (outside any transaction) only
+    # when it changes. A connection starts at FULL (_sqlite_connect).
+    level = "NORMAL" if options.get(UNSYNCED) else "FULL"
+    info = conn.connection.info
+    if info.get(_SYNC_INFO, "FULL") != level:
+        driver.execute(f"PRAGMA synchronous={level}")
+        info[_SYNC_INFO] = level
+    driver.execute("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:

@@ -1,13 +1,15 @@
 """The :class:`Store`: resources, policies, keys, sessions and nonces, audit — one transaction per call.
 
 Every method that changes data commits before it returns (an acknowledged write is durable: see
-``nacre.store._engine`` for SQLite's settings), records its audit entry in the same transaction,
-and checks its input before it opens one, so bad input never reaches the database.
+``nacre.store._engine`` for SQLite's settings; ``record(durable=False)`` is durable once
+``sync_deferred`` returned), records its audit entry in the same transaction, and checks its
+input before it opens one, so bad input never reaches the database.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import threading
@@ -16,6 +18,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
@@ -28,13 +31,21 @@ from nacre.store import _schema as t
 from nacre.store._engine import (
     READ_ONLY,
     SCHEMA_HEAD,
+    UNSYNCED,
     current_revision,
     make_engine,
     sqlite_path,
     upgrade_head,
 )
 from nacre.store._fast import FastRow, Prepared, integrity_errors
-from nacre.store.audit import AuditEntry, append_entry, iter_entries
+from nacre.store.audit import (
+    AuditEntry,
+    PendingEntry,
+    append_entry,
+    append_prepared,
+    iter_entries,
+    prepare_entry,
+)
 from nacre.store.envelope import (
     Envelope,
     KekRing,
@@ -52,6 +63,7 @@ from nacre.store.errors import (
     NonceError,
     NotFoundError,
 )
+from nacre.store.group_commit import GroupCommit
 from nacre.store.models import (
     AdminKeyRecord,
     KeyInfo,
@@ -67,6 +79,7 @@ from nacre.store.models import (
     Session,
     SessionState,
 )
+from nacre.store.writer_lock import SqliteWriterLock
 
 __all__ = [
     "DELETION_WAIT_MAX_DAYS",
@@ -403,6 +416,22 @@ def _envelope_values(env: Envelope) -> dict[str, Any]:
     }
 
 
+def _fsync_wal(database: Path, items: Sequence[None]) -> list[None]:
+    """One fsync covering every commit queued in ``items`` (see :meth:`Store.sync_deferred`)."""
+    wal = database.with_name(database.name + "-wal")
+    try:
+        fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        # No WAL: the last connection checkpointed it into the database file (and synced that)
+        # and removed it. Sync the database file all the same: it is cheap when clean.
+        fd = os.open(database, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return [None] * len(items)
+
+
 def _conflict(orig: BaseException | None) -> ConflictError:
     return ConflictError(
         "another writer changed the same row first, or a constraint refused the write",
@@ -420,18 +449,27 @@ class Store:
         self._engine = engine
         # Read-only snapshots: an engine view carrying the option (set once, not per call).
         self._reader = engine.execution_options(**{READ_ONLY: True})
+        # Writes committed without an fsync (SQLite: synchronous=NORMAL, see nacre.store._engine).
+        self._unsynced = engine.execution_options(**{UNSYNCED: True})
         self._dialect = engine.dialect
         self._sqlite = engine.dialect.name == "sqlite"
         self._integrity = integrity_errors(engine.dialect)
-        # SQLite has one writer at a time. Left to SQLite, waiting writers poll in its busy
-        # handler, sleeping up to 100 ms between tries, so under concurrent load a write waits
-        # long after the lock is free. Writers of this process queue on a lock instead and start
-        # the moment the previous one commits; busy_timeout still covers other processes.
-        # PostgreSQL has row locks: no process-wide serialisation there.
+        # SQLite has one writer at a time: writers queue on a lock shared by this process's
+        # threads and the other processes on the file (nacre.store.writer_lock), not in SQLite's
+        # sleeping busy handler. PostgreSQL has row locks: no serialisation here.
+        database = engine.url.database if self._sqlite else None
         self._write_lock: AbstractContextManager[object] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+            SqliteWriterLock(Path(database)) if database else nullcontext()
         )
         self._ring = ring
+        # Audit entries appended on their own (releases, denials) share commits under load.
+        self._audit_batches: GroupCommit[PendingEntry, AuditEntry] = GroupCommit(self._append_batch)
+        # record(durable=False): counted here, made durable by sync_deferred (shared fsyncs).
+        self._deferred = 0
+        self._deferred_lock = threading.Lock()
+        self._wal_syncs: GroupCommit[None, None] | None = (
+            GroupCommit(partial(_fsync_wal, Path(database))) if database else None
+        )
 
     @property
     def engine(self) -> Engine:
@@ -450,6 +488,8 @@ class Store:
 
     def close(self) -> None:
         self._engine.dispose()
+        if isinstance(self._write_lock, SqliteWriterLock):
+            self._write_lock.close()
 
     def __enter__(self) -> Store:
         return self
@@ -458,11 +498,14 @@ class Store:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def _tx(self, *, unsynced: bool = False) -> Iterator[Connection]:
         """A write transaction, committed on exit. A constraint the checks before it missed (a
-        concurrent insert of the same name on PostgreSQL) becomes a :class:`ConflictError`."""
+        concurrent insert of the same name on PostgreSQL) becomes a :class:`ConflictError`.
+        ``unsynced``: on SQLite the commit is not fsynced (it survives a process crash; a power
+        cut may lose it unless :meth:`sync_deferred` ran after it: nacre.store._engine)."""
+        engine = self._unsynced if unsynced else self._engine
         try:
-            with self._write_lock, self._engine.begin() as conn:
+            with self._write_lock, engine.begin() as conn:
                 yield conn
         except IntegrityError as exc:
             raise _conflict(exc.orig) from exc
@@ -502,19 +545,54 @@ class Store:
         outcome: str,
         detail: Mapping[str, Any] | None = None,
         now: datetime | None = None,
+        durable: bool = True,
     ) -> AuditEntry:
-        """Append an audit entry on its own (a release, a denial ...). Never pass secrets."""
+        """Append an audit entry on its own (a release, a denial ...). Never pass secrets.
+
+        ``durable``: committed and on disk when this returns; concurrent calls share a
+        transaction (group commit). ``durable=False`` (for a caller that must not wait for a
+        disk, e.g. on an event loop): committed, which survives a crash of the process, and made
+        power-cut safe by the next :meth:`sync_deferred`, which the caller must await before it
+        acknowledges anything that depends on the entry. PostgreSQL commits are durable anyway.
+        """
         _check_actor(actor)
+        entry = prepare_entry(
+            actor=actor,
+            action=action,
+            target=target,
+            outcome=outcome,
+            detail=detail or {},
+            now=_now(now),
+        )
+        if durable or not self._sqlite:
+            return self._audit_batches.submit(entry)
+        with self._tx(unsynced=True) as conn:
+            appended = append_prepared(conn, entry)
+        with self._deferred_lock:
+            self._deferred += 1
+        return appended
+
+    def deferred_mark(self) -> int:
+        """How many ``record(durable=False)`` commits this store has made: a caller compares
+        it before and after its work to learn whether it must :meth:`sync_deferred`."""
+        return self._deferred
+
+    def sync_deferred(self) -> None:
+        """Make every commit this process made before the call durable (SQLite: an fsync of the
+        WAL file; nothing on PostgreSQL). Blocking; concurrent calls share an fsync.
+
+        Why an fsync of the ``-wal`` file suffices, outside the write lock: in WAL mode a commit
+        appends its frames to that file, and SQLite resets the WAL only after a checkpoint has
+        copied every frame into the database file and fsynced it (synchronous=NORMAL). So a
+        commit made before this call is, when the fsync returns, either in the synced WAL or in
+        the synced database file. Nothing holds the write lock meanwhile: other writers go on.
+        """
+        if self._wal_syncs is not None:
+            self._wal_syncs.submit(None)
+
+    def _append_batch(self, entries: Sequence[PendingEntry]) -> list[AuditEntry]:
         with self._tx() as conn:
-            return append_entry(
-                conn,
-                actor=actor,
-                action=action,
-                target=target,
-                outcome=outcome,
-                detail=detail or {},
-                now=_now(now),
-            )
+            return [append_prepared(conn, entry) for entry in entries]
 
     def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
         out: list[AuditEntry] = []
@@ -1226,7 +1304,7 @@ class Store:
         at = _now(now)
         expires = at + ttl
         try:
-            with self._tx() as conn:
+            with self._tx(unsynced=True) as conn:
                 _INSERT_SESSION.on(
                     conn, {"id": sid, "tee": tee, "created_at": at, "expires_at": expires}
                 )
@@ -1314,7 +1392,7 @@ class Store:
         UPDATE matches only while ``consumed_at IS NULL``; the others raise :class:`NonceError`."""
         _check_id("session id", session_id)
         at = _now(now)
-        with self._tx() as conn:
+        with self._tx(unsynced=True) as conn:
             self._consume(conn, session_id, nonce, at)
 
     def attest_session(
@@ -1335,7 +1413,7 @@ class Store:
                 )
             _check_size(field, value.encode("utf-8"), MAX_SESSION_FIELD_BYTES)
         at = _now(now)
-        with self._tx() as conn:
+        with self._tx(unsynced=True) as conn:
             # One statement writes the live session (taking its row lock on PostgreSQL) and
             # returns it; the nonce is then consumed in the same transaction (a NonceError rolls
             # both back).
@@ -1370,7 +1448,7 @@ class Store:
     def sweep_expired(self, *, now: datetime | None = None) -> SweepResult:
         """Delete expired sessions (their nonces go with them) and expired stray nonces."""
         at = _now(now)
-        with self._tx() as conn:
+        with self._tx(unsynced=True) as conn:
             n = conn.execute(delete(t.nonces).where(t.nonces.c.expires_at <= at)).rowcount
             s = conn.execute(delete(t.sessions).where(t.sessions.c.expires_at <= at)).rowcount
         return SweepResult(sessions=int(s), nonces=int(n))

@@ -37,9 +37,12 @@ __all__ = [
     "MAX_AUDIT_DETAIL_BYTES",
     "AuditEntry",
     "ChainReport",
+    "PendingEntry",
     "append_entry",
+    "append_prepared",
     "entry_hash",
     "iter_entries",
+    "prepare_entry",
     "verify_chain",
     "verify_chain_on",
 ]
@@ -182,6 +185,34 @@ def _detail_json(detail: Mapping[str, Any]) -> str:
     return text
 
 
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """An entry checked and canonicalised, not yet chained (:func:`prepare_entry`)."""
+
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail_text: str
+    detail: dict[str, Any]
+    time: str
+
+
+def prepare_entry(
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    outcome: str,
+    detail: Mapping[str, Any],
+    now: datetime,
+) -> PendingEntry:
+    """Check ``detail`` (no secrets, JSON, size) and fix the entry's fields; nothing is written."""
+    detail_text = _detail_json(detail)
+    detail_obj: dict[str, Any] = json.loads(detail_text)
+    return PendingEntry(actor, action, target, outcome, detail_text, detail_obj, _iso(now))
+
+
 def append_entry(
     conn: Connection,
     *,
@@ -193,9 +224,14 @@ def append_entry(
     now: datetime,
 ) -> AuditEntry:
     """Append one entry inside the caller's transaction (which then commits or rolls back both)."""
-    detail_text = _detail_json(detail)
-    detail_obj: dict[str, Any] = json.loads(detail_text)
-    time = _iso(now)
+    entry = prepare_entry(
+        actor=actor, action=action, target=target, outcome=outcome, detail=detail, now=now
+    )
+    return append_prepared(conn, entry)
+
+
+def append_prepared(conn: Connection, entry: PendingEntry) -> AuditEntry:
+    """Chain ``entry`` after the current head, inside the caller's transaction."""
     # 1. Lock the chain head: concurrent appenders queue here (FOR UPDATE; BEGIN IMMEDIATE on SQLite).
     rows, _ = _LOCK_HEAD.on(conn, {})
     if len(rows) != 1:
@@ -206,12 +242,12 @@ def append_entry(
     # 2. Hash the new entry over the canonical JSON of its fields and the previous hash.
     digest = entry_hash(
         seq=seq,
-        time=time,
-        actor=actor,
-        action=action,
-        target=target,
-        outcome=outcome,
-        detail=detail_obj,
+        time=entry.time,
+        actor=entry.actor,
+        action=entry.action,
+        target=entry.target,
+        outcome=entry.outcome,
+        detail=entry.detail,
         prev_hash=prev_hash,
     )
     # 3. Insert it and move the head, in the same transaction.
@@ -219,18 +255,28 @@ def append_entry(
         conn,
         {
             "seq": seq,
-            "time": time,
-            "actor": actor,
-            "action": action,
-            "target": target,
-            "outcome": outcome,
-            "detail": detail_text,
+            "time": entry.time,
+            "actor": entry.actor,
+            "action": entry.action,
+            "target": entry.target,
+            "outcome": entry.outcome,
+            "detail": entry.detail_text,
             "prev_hash": prev_hash,
             "hash": digest,
         },
     )
     _MOVE_HEAD.on(conn, {"h_seq": seq, "h_hash": digest})
-    return AuditEntry(seq, time, actor, action, target, outcome, detail_obj, prev_hash, digest)
+    return AuditEntry(
+        seq,
+        entry.time,
+        entry.actor,
+        entry.action,
+        entry.target,
+        entry.outcome,
+        entry.detail,
+        prev_hash,
+        digest,
+    )
 
 
 def iter_entries(conn: Connection, *, after: int = 0) -> Iterator[AuditEntry]:
