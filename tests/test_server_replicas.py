@@ -332,7 +332,7 @@ def test_migration_0002_upgrades_an_existing_0001_database(kind: str, tmp_path: 
             with s.engine.connect() as conn:
                 version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
                 diff = compare_metadata(MigrationContext.configure(conn), t.metadata)
-            assert version == SCHEMA_HEAD == "0002_server_state"
+            assert version == SCHEMA_HEAD == "0003_session_indexes"
             assert diff == []
             assert s.get_policy("p1").version == 1  # data of 0001 kept
             assert s.keyring_version("ear") == 0

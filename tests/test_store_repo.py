@@ -49,7 +49,7 @@ def test_migrations_apply_from_empty_and_match_the_schema(db_url: str, tmp_path:
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert {t.name for t in metadata.sorted_tables} <= tables
-        assert version == "0002_server_state"
+        assert version == "0003_session_indexes"
         assert diff == []
         if store.engine.dialect.name == "sqlite":
             with store.engine.connect() as conn:

@@ -42,7 +42,7 @@ __all__ = [
 BUSY_TIMEOUT_MS: Final = 30_000
 #: Connections a SQLite engine keeps open (and as many more it may open under a burst).
 SQLITE_POOL_SIZE: Final = 48
-SCHEMA_HEAD: Final = "0002_server_state"
+SCHEMA_HEAD: Final = "0003_session_indexes"
 #: pg_advisory_xact_lock key serializing concurrent migrations of replicas ("nacre" + 1).
 _MIGRATION_LOCK: Final = 0x6E61637265_01
 

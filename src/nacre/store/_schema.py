@@ -187,7 +187,7 @@ sessions = Table(
     Column("tee", String(16), nullable=False),
     Column("state", String(16), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
-    Column("expires_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False, index=True),  # the sweep
     Column("tee_pubkey", Text, nullable=True),
     Column("token", Text, nullable=True),
     CheckConstraint(_in("state", SESSION_STATES), name="state"),
@@ -197,9 +197,16 @@ nonces = Table(
     "nonces",
     metadata,
     Column("value", String(128), primary_key=True),
-    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=True),
+    # Indexed: the session read joins its nonce by it, and deleting a session cascades by it.
+    Column(
+        "session_id",
+        String(64),
+        ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=True,
+        index=True,
+    ),
     Column("created_at", UtcDateTime, nullable=False),
-    Column("expires_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False, index=True),  # the sweep
     Column("consumed_at", UtcDateTime, nullable=True),
 )
 
