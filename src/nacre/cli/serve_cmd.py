@@ -4,13 +4,14 @@ Defaults: SQLite (WAL) under the user's data directory, simulation trust on (the
 platform's root; its collateral from the simulator), the KEK sealed with this machine's TEE, or
 with the simulated TEE when there is none. On first start a bootstrap admin key is written to
 ``DATA_DIR/admin.key`` (0600) and registered with role admin. Exit 2 on usage errors.
+
+``--workers N`` (N > 1) serves one listening socket from N worker processes supervised by this
+one (:mod:`nacre.server.workers`); exit 1 when the workers cannot be kept running.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-from datetime import timedelta
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -20,11 +21,20 @@ from rich.console import Console
 from rich.markup import escape
 
 from nacre.errors import NacreError, UsageError
-from nacre.server import ADMIN_KEY_FILE, ServerConfig, create_app
+from nacre.server import ADMIN_KEY_FILE, create_app
 from nacre.server.config import DEFAULT_MAINTENANCE_INTERVAL
-from nacre.server.observe import JsonLogFormatter
-from nacre.store import KekSealer, default_url
-from nacre.tlsfiles import ReloadingCertificate
+from nacre.server.workers import (
+    MAX_WORKERS,
+    ServeOptions,
+    Supervisor,
+    WorkersFailedError,
+    bind_listener,
+    bootstrap,
+    configure_logging,
+    server_config,
+    tls_certificate,
+)
+from nacre.store import default_url
 
 __all__ = ["default_data_dir", "serve_command"]
 
@@ -46,14 +56,6 @@ def _collateral_dirs(items: list[str]) -> dict[str, Path]:
             )
         out[tee] = Path(directory)
     return out
-
-
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def serve_command(
@@ -106,43 +108,62 @@ def serve_command(
             "dates, expired sessions); 0: none here.",
         ),
     ] = DEFAULT_MAINTENANCE_INTERVAL.total_seconds(),
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help=f"Worker processes serving one listening socket (1 to {MAX_WORKERS}; 1: this "
+            "process serves). One process uses about one core: give N up to the cores to use. "
+            "Each worker is a replica on this data directory and database (on SQLite they "
+            "share one writer; PostgreSQL scales further); /metrics sums them all; scheduled "
+            "jobs run in worker 0; a worker that dies is restarted.",
+        ),
+    ] = 1,
 ) -> None:
-    """Run the attestation service, KBS v0.4.0 key broker and admin API."""
+    """Run the attestation service, KBS v0.4.0 key broker and admin API.
+
+    With --workers N, N supervised processes serve one port (SIGINT/SIGTERM stops them all).
+    """
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    listener: socket.socket | None = None
+    supervisor: Supervisor | None = None
     try:
         import uvicorn
 
-        from nacre.sim import SimPlatform
-        from nacre.sim.platform import default_dir
-        from nacre.tee import TeeUnavailableError, current
-        from nacre.tee.sim import SimBackend
-
+        if not 1 <= workers <= MAX_WORKERS:
+            raise UsageError(
+                "the number of worker processes is out of range",
+                field="--workers",
+                expected=f"1 to {MAX_WORKERS}",
+                actual=workers,
+            )
         directory = data_dir or default_data_dir()
         url = database or default_url(directory)
-        platform = SimPlatform.load_or_init(default_dir()) if trust_sim else None
-        sealer: KekSealer
-        try:
-            backend = current()
-            sealer, sealed_with = backend, backend.name
-        except TeeUnavailableError:
-            sealer = SimBackend(platform or SimPlatform.load_or_init(default_dir()))
-            sealed_with = "the simulated TEE"
-        config = ServerConfig(
+        options = ServeOptions(
             database_url=url,
             data_dir=directory,
-            sealer=sealer,
             trust_sim=trust_sim,
-            sim_trust=platform.trust_roots() if platform is not None else None,
             collateral_dirs=_collateral_dirs(collateral or []),
-            collateral_provider=platform.bundle if platform is not None else None,
-            maintenance_interval=timedelta(seconds=maintenance_every)
-            if maintenance_every > 0
-            else None,
+            log_level=log_level,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            maintenance_every=maintenance_every,
         )
-        _configure_logging(log_level)
-        certificate = _certificate(tls_cert, tls_key)
-        app = create_app(config)
+        config, sealed_with = server_config(options)
+        configure_logging(log_level)
+        certificate = tls_certificate(tls_cert, tls_key)
+        if workers == 1:
+            app = create_app(config)
+        else:
+            # Once, before any worker: data dir, KEK, migrations, bootstrap admin key; then
+            # the socket every worker serves (bound here, so a busy port is an error here).
+            bootstrap(config)
+            listener = bind_listener(host, port)
+            port = int(listener.getsockname()[1])
+            supervisor = Supervisor(options, listener, workers)
     except (NacreError, OSError) as exc:
+        if listener is not None:
+            listener.close()
         message = str(exc) if isinstance(exc, NacreError) else f"{exc.strerror}: {exc.filename}"
         err.print(f"[bold red]error:[/] {escape(message)}")
         raise typer.Exit(2) from None
@@ -162,6 +183,10 @@ def serve_command(
     )
     if trust_sim:
         out.print("[yellow]simulation trust is on: simulated evidence is accepted (marked sim)[/]")
+    if supervisor is not None:
+        out.print(f"workers: {workers} processes on one listening socket")
+        _run_workers(supervisor, err)
+        return
     if certificate is None:
         uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
         return
@@ -176,16 +201,15 @@ def serve_command(
     )
 
 
-def _certificate(cert: Path | None, key: Path | None) -> ReloadingCertificate | None:
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
-        raise UsageError(
-            "HTTPS needs both a certificate and its key",
-            field="--tls-cert/--tls-key",
-            expected="both or neither",
-            actual=f"--tls-cert {cert or '(none)'}, --tls-key {key or '(none)'}",
-        )
-    return ReloadingCertificate(
-        cert, key, hint="pass the PEM certificate chain and key the service should present"
-    )
+def _run_workers(supervisor: Supervisor, err: Console) -> None:
+    """Supervise the workers until SIGINT/SIGTERM; exit 1 when they could not be kept running
+    (or did not all stop cleanly)."""
+    try:
+        status = supervisor.run()
+    except NacreError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1 if isinstance(exc, WorkersFailedError) else 2) from None
+    finally:
+        supervisor.listener.close()
+    if status != 0:
+        raise typer.Exit(status)

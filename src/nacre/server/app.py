@@ -16,7 +16,7 @@ which exists only sealed in ``kek.json``), so any replica finishes a handshake a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,24 +25,45 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from nacre.errors import LimitExceededError, NacreError, UsageError
+from nacre.errors import NacreError
 from nacre.server.admin import admin_router
-from nacre.server.adminauth import AdminAuthError
 from nacre.server.attestation_api import attestation_router
 from nacre.server.config import ServerConfig
-from nacre.server.kbs import kbs_router
+from nacre.server.kbs import kbs_handlers
+from nacre.server.kbs_lane import KBS_PREFIX, KbsLane
+from nacre.server.kbs_openapi import add_kbs_paths
 from nacre.server.kms_api import kms_router
 from nacre.server.maintenance import Maintenance
 from nacre.server.observe import BodyLimitMiddleware, log_event
-from nacre.server.problems import Problem, problem_response
+from nacre.server.problems import Problem, error_problem, problem_response, validation_problem
 from nacre.server.service import NacreService
-from nacre.store import ConflictError, NotFoundError
 
-__all__ = ["create_app"]
+__all__ = ["NacreApp", "create_app"]
 
 
-def create_app(config: ServerConfig) -> FastAPI:
+class NacreApp(FastAPI):
+    """The FastAPI app, with the KBS routes (``/kbs/v0/...``) served by a lane in front of it
+    (:mod:`nacre.server.kbs_lane`: the hot path of every handshake, without FastAPI's per-request
+    machinery) and described in the same OpenAPI document."""
+
+    kbs_lane: KbsLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.kbs_lane
+        if lane is not None and scope["type"] == "http" and scope["path"].startswith(KBS_PREFIX):
+            await lane(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = add_kbs_paths(super().openapi())
+        return self.openapi_schema
+
+
+def create_app(config: ServerConfig) -> NacreApp:
     """The ASGI app of one ``nacre serve`` instance (opens the store; closed on shutdown)."""
     svc = NacreService(config)
 
@@ -64,7 +85,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 jobs.stop()
             svc.close()
 
-    app = FastAPI(
+    app = NacreApp(
         title="nacre",
         version="0.1.0",
         summary="Attestation service, KBS v0.4.0 key broker and admin API",
@@ -105,46 +126,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = exc.errors()
-        first: Mapping[str, Any] = errors[0] if errors else {}
-        kbs = request.url.path.startswith("/kbs/")
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        malformed = first.get("type") == "json_invalid" or (
-            first.get("type") == "model_attributes_type"
-            and not loc
-            and isinstance(first.get("input"), bytes | str)
-        )
-        if malformed:
-            problem = Problem(
-                400,
-                "malformed JSON",
-                kind="SerdeError" if kbs else "MalformedJson",
-                kbs=kbs,
-                code="JSON_INVALID",
-                field="body",
-                expected="a JSON document",
-                actual=str(first.get("ctx", {}).get("error", first.get("msg", ""))),
-            )
-        else:
-            problem = Problem(
-                400,
-                "request body does not match the schema",
-                kind="SerdeError" if kbs else "BadRequest",
-                kbs=kbs,
-                code="SCHEMA",
-                field=".".join(loc) or "body",
-                expected=str(first.get("msg", "")),
-                actual=str(first.get("type", "")),
-                extra={
-                    "errors": [
-                        {
-                            "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
-                            "message": str(e.get("msg", "")),
-                        }
-                        for e in errors[:20]
-                    ]
-                },
-            )
+        problem = validation_problem(exc.errors(), kbs=request.url.path.startswith("/kbs/"))
         return problem_response(problem, rid(request))
 
     @app.exception_handler(StarletteHTTPException)
@@ -156,20 +138,10 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(NacreError)
     async def _nacre(request: Request, exc: NacreError) -> Response:
-        if isinstance(exc, NotFoundError):
-            status, kind = 404, "NotFound"
-        elif isinstance(exc, ConflictError):
-            status, kind = 409, "Conflict"
-        elif isinstance(exc, LimitExceededError):
-            status, kind = 413, "PayloadTooLarge"
-        elif isinstance(exc, AdminAuthError):
-            status, kind = 401, "AdminAuth"
-        elif isinstance(exc, UsageError):
-            status, kind = 400, "BadRequest"
-        else:
+        problem, internal = error_problem(exc)
+        if internal:
             log_event("http.error", logging.ERROR, code=exc.code, request_id=rid(request))
-            status, kind = 500, "InternalError"
-        return problem_response(Problem.from_error(status, exc, kind=kind), rid(request))
+        return problem_response(problem, rid(request))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
@@ -190,10 +162,18 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/metrics", tags=["service"], response_class=Response)
     def metrics() -> Response:
         """Prometheus metrics."""
-        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(svc.metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(attestation_router(svc))
-    app.include_router(kbs_router(svc))
+    # SQLite: the KBS handlers run on the event loop (nacre.server.kbs_lane.KbsLane._run);
+    # PostgreSQL: on worker threads, which overlap its network round trips.
+    inline = svc.store.engine.dialect.name == "sqlite"
+    app.kbs_lane = KbsLane(
+        svc,
+        kbs_handlers(svc, deferred_audit=inline),
+        limit=config.max_request_bytes,
+        inline=inline,
+    )
     app.include_router(admin_router(svc))
     app.include_router(kms_router(svc))
     return app

@@ -13,11 +13,10 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
-from fastapi import APIRouter, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import JSONResponse, Response
 
 from nacre.errors import NacreError, UsageError, VerificationError
@@ -26,7 +25,7 @@ from nacre.server.models import KbsAttestRequest, KbsAuthRequest
 from nacre.server.observe import log_event
 from nacre.server.problems import Problem
 from nacre.server.release import evaluate_release
-from nacre.server.service import BEARER, KBS_TEES, NacreService, b64decode
+from nacre.server.service import KBS_TEES, NacreService, b64decode
 from nacre.store import NonceError, NotFoundError, ResourceName, Session
 from nacre.store import Policy as StoredPolicy
 from nacre.token import (
@@ -39,7 +38,7 @@ from nacre.token import (
 )
 from nacre.token.initdata import check_init_data, parse_init_data
 
-__all__ = ["KBS_PROTOCOL_VERSION", "KBS_SESSION_COOKIE", "kbs_router"]
+__all__ = ["KBS_PROTOCOL_VERSION", "KBS_SESSION_COOKIE", "KbsHandlers", "kbs_handlers"]
 
 KBS_PROTOCOL_VERSION: Final = "0.4.0"
 KBS_SESSION_COOKIE: Final = "kbs-session-id"
@@ -100,14 +99,28 @@ def _primary_quote(tee_evidence: Any) -> tuple[bytes, str]:
     )
 
 
-def kbs_router(svc: NacreService) -> APIRouter:
-    router = APIRouter()
-    config = svc.config
+@dataclass(frozen=True, slots=True)
+class KbsHandlers:
+    """The three KBS operations, as blocking functions of the parsed request (run on the
+    service's worker threads by :class:`nacre.server.kbs_lane.KbsLane`, which serves the HTTP
+    side). Each returns the response or raises a :class:`Problem`."""
 
-    @router.post("/kbs/v0/auth", tags=["kbs"])
-    async def kbs_auth(body: KbsAuthRequest) -> JSONResponse:
-        """RCAR request: a session (cookie ``kbs-session-id``) and its challenge nonce."""
-        return await svc.offload(_auth, body)
+    #: RCAR request: a session (cookie ``kbs-session-id``) and its challenge nonce.
+    auth: Callable[[KbsAuthRequest], JSONResponse]
+    #: RCAR attestation (session cookie value, body): evidence binding the TEE key and the
+    #: nonce -> EAR token.
+    attest: Callable[[str | None, KbsAttestRequest], JSONResponse]
+    #: The resource ``repo/type/tag`` as a flattened JWE to the attested TEE key, if its release
+    #: policy allows; authorised by the Bearer token, else by the session cookie.
+    resource: Callable[[str, str, str, str | None, str | None], JSONResponse]
+
+
+def kbs_handlers(svc: NacreService, *, deferred_audit: bool = False) -> KbsHandlers:
+    """``deferred_audit``: audit entries are committed without waiting for the disk; the caller
+    (the lane, on the event loop) makes them durable with ``Store.sync_deferred`` before it
+    answers (nacre.store.Store.record)."""
+    config = svc.config
+    durable = not deferred_audit
 
     def _auth(body: KbsAuthRequest) -> JSONResponse:
         if body.version != KBS_PROTOCOL_VERSION:
@@ -150,8 +163,7 @@ def kbs_router(svc: NacreService) -> APIRouter:
             samesite="strict",
         )
 
-    def _session(request: Request) -> str:
-        sid = request.cookies.get(KBS_SESSION_COOKIE)
+    def _session(sid: str | None) -> str:
         if not sid:
             raise Problem(
                 401,
@@ -176,14 +188,9 @@ def kbs_router(svc: NacreService) -> APIRouter:
                 401, exc, kind="UnAuthenticated", kbs=True, title="KBS session unknown or expired"
             ) from None
 
-    @router.post("/kbs/v0/attest", tags=["kbs"])
-    async def kbs_attest(request: Request, body: KbsAttestRequest) -> JSONResponse:
-        """RCAR attestation: evidence binding the TEE key and the nonce -> EAR token."""
-        return await svc.offload(_attest, request, body)
-
-    def _attest(request: Request, body: KbsAttestRequest) -> JSONResponse:
+    def _attest(cookie: str | None, body: KbsAttestRequest) -> JSONResponse:
         now = svc.now()
-        sid = _session(request)
+        sid = _session(cookie)
         # The appraisal policy (stored "default", else the built-in one) comes with the session.
         session, stored_policy = _live_session(sid, now, DEFAULT_POLICY_ID)
         rd = body.runtime_data
@@ -277,6 +284,7 @@ def kbs_router(svc: NacreService) -> APIRouter:
                     "sim": appraised.verified.sim,
                 },
                 now=now,
+                durable=durable,
             )
             raise Problem(
                 403,
@@ -318,33 +326,18 @@ def kbs_router(svc: NacreService) -> APIRouter:
         _set_cookie(response, sid, session.expires_at)
         return response
 
-    @router.get("/kbs/v0/resource/{repo}/{type}/{tag}", tags=["kbs"])
-    async def kbs_resource(
-        repo: str,
-        type: str,
-        tag: str,
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
-    ) -> JSONResponse:
-        """The resource as a flattened JWE to the attested TEE key, if its release policy allows."""
-        return await svc.offload(_resource, repo, type, tag, request, credentials)
-
     def _resource(
-        repo: str,
-        type: str,
-        tag: str,
-        request: Request,
-        credentials: HTTPAuthorizationCredentials | None,
+        repo: str, type: str, tag: str, cookie: str | None, bearer: str | None
     ) -> JSONResponse:
         now = svc.now()
         try:
             name = ResourceName.parse(f"{repo}/{type}/{tag}")
         except UsageError as exc:
             raise Problem.from_error(404, exc, kind="InvalidRequestPath", kbs=True) from None
-        if credentials is not None:
-            token = credentials.credentials
+        if bearer is not None:
+            token = bearer
         else:
-            session = _live_session(_session(request), now)[0]
+            session = _live_session(_session(cookie), now)[0]
             if session.state != "attested" or session.token is None:
                 raise Problem(
                     401,
@@ -449,8 +442,9 @@ def kbs_router(svc: NacreService) -> APIRouter:
                 outcome=outcome,
                 detail={**base, **(detail or {})},
                 now=now,
+                durable=durable,
             )
 
         return record
 
-    return router
+    return KbsHandlers(auth=_auth, attest=_attest, resource=_resource)

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nacre.server.problems import Problem, problem_response
 
-__all__ = ["LOGGER_NAME", "BodyLimitMiddleware", "JsonLogFormatter", "Metrics", "log_event"]
+__all__ = [
+    "LOGGER_NAME",
+    "BodyLimitMiddleware",
+    "JsonLogFormatter",
+    "Metrics",
+    "body_too_large",
+    "log_event",
+]
 
 LOGGER_NAME: Final = "nacre.server"
 _log = logging.getLogger(LOGGER_NAME)
@@ -61,8 +69,28 @@ def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
 
 
 class Metrics:
+    """The service's metrics, in ``registry`` (one per app). ``exposition`` is what ``/metrics``
+    renders: ``registry`` itself in a single process; under prometheus_client's multiprocess mode
+    (``PROMETHEUS_MULTIPROC_DIR`` set when the process started, as ``nacre serve --workers``
+    does for its workers) every process writes its values to its own files in that directory
+    and ``exposition`` collects them all, so counters and histograms are sums over the
+    processes (including ones that have exited)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: prometheus_client's multiprocess directory, or None (one process). The mode is fixed
+        #: when prometheus_client is imported: a variable set later changes nothing here either.
+        self.multiprocess_dir = (
+            os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+            if values.ValueClass is not values.MutexValue
+            else None
+        )
+        self.exposition = self.registry
+        if self.multiprocess_dir is not None:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         self.requests = Counter(
             "nacre_http_requests",
             "HTTP requests",
@@ -111,6 +139,20 @@ def _route_of(scope: Scope) -> str:
     return str(path) if path else "unmatched"
 
 
+def body_too_large(limit: int, actual: str) -> Problem:
+    """The 413 for a request body over ``limit`` bytes (``actual``: what was seen)."""
+    return Problem(
+        413,
+        "request body over the limit",
+        kind="PayloadTooLarge",
+        code="LIMIT_EXCEEDED",
+        field="body",
+        expected=f"<= {limit} bytes",
+        actual=actual,
+        extra={"limit": "max_request_bytes" if limit < 1024 * 1024 else "max_admin_body_bytes"},
+    )
+
+
 class BodyLimitMiddleware:
     """Request id, body size limit (413 RFC 7807), metrics and the access log."""
 
@@ -130,18 +172,7 @@ class BodyLimitMiddleware:
         limit = self.limit_for(str(scope.get("path", "")))
 
         def too_large(actual: str) -> Problem:
-            return Problem(
-                413,
-                "request body over the limit",
-                kind="PayloadTooLarge",
-                code="LIMIT_EXCEEDED",
-                field="body",
-                expected=f"<= {limit} bytes",
-                actual=actual,
-                extra={
-                    "limit": "max_request_bytes" if limit < 1024 * 1024 else "max_admin_body_bytes"
-                },
-            )
+            return body_too_large(limit, actual)
 
         exceeded = False
 

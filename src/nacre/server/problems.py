@@ -13,18 +13,23 @@ KBS routes use Trustee's error type URIs (``https://github.com/confidential-cont
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from starlette.responses import JSONResponse
 
-from nacre.errors import NacreError
+from nacre.errors import LimitExceededError, NacreError, UsageError
+from nacre.server.adminauth import AdminAuthError
+from nacre.store import ConflictError, NotFoundError
 
 __all__ = [
     "KBS_ERROR_BASE",
     "NACRE_ERROR_BASE",
     "PROBLEM_CONTENT_TYPE",
     "Problem",
+    "error_problem",
     "problem_response",
+    "validation_problem",
 ]
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
@@ -114,4 +119,64 @@ def problem_response(problem: Problem, request_id: str | None = None) -> JSONRes
         status_code=problem.status,
         media_type=PROBLEM_CONTENT_TYPE,
         headers=problem.headers,
+    )
+
+
+def error_problem(exc: NacreError) -> tuple[Problem, bool]:
+    """The answer to a :class:`NacreError` no route turned into a problem itself, and whether
+    it is the server's fault (a 500, to be logged as an error)."""
+    if isinstance(exc, NotFoundError):
+        status, kind = 404, "NotFound"
+    elif isinstance(exc, ConflictError):
+        status, kind = 409, "Conflict"
+    elif isinstance(exc, LimitExceededError):
+        status, kind = 413, "PayloadTooLarge"
+    elif isinstance(exc, AdminAuthError):
+        status, kind = 401, "AdminAuth"
+    elif isinstance(exc, UsageError):
+        status, kind = 400, "BadRequest"
+    else:
+        return Problem.from_error(500, exc, kind="InternalError"), True
+    return Problem.from_error(status, exc, kind=kind), False
+
+
+def validation_problem(errors: Sequence[Mapping[str, Any]], *, kbs: bool) -> Problem:
+    """A 400 for a body that is not JSON or does not match the route's schema, from pydantic's
+    error list (``loc`` may start with ``"body"``, as FastAPI reports it)."""
+    first: Mapping[str, Any] = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    malformed = first.get("type") == "json_invalid" or (
+        first.get("type") == "model_attributes_type"
+        and not loc
+        and isinstance(first.get("input"), bytes | str)
+    )
+    if malformed:
+        return Problem(
+            400,
+            "malformed JSON",
+            kind="SerdeError" if kbs else "MalformedJson",
+            kbs=kbs,
+            code="JSON_INVALID",
+            field="body",
+            expected="a JSON document",
+            actual=str(first.get("ctx", {}).get("error", first.get("msg", ""))),
+        )
+    return Problem(
+        400,
+        "request body does not match the schema",
+        kind="SerdeError" if kbs else "BadRequest",
+        kbs=kbs,
+        code="SCHEMA",
+        field=".".join(loc) or "body",
+        expected=str(first.get("msg", "")),
+        actual=str(first.get("type", "")),
+        extra={
+            "errors": [
+                {
+                    "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+                    "message": str(e.get("msg", "")),
+                }
+                for e in errors[:20]
+            ]
+        },
     )

@@ -101,6 +101,11 @@ class NacreService:
         self._release_policies: dict[str, tuple[str, ReleasePolicy]] = {}
         self._auth_count = 0
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The worker threads :meth:`offload` uses."""
+        return self._executor
+
     async def offload(self, fn: Callable[..., _R], *args: Any) -> _R:
         """Run a blocking handler on this service's worker threads (the hot KBS routes: a
         ``concurrent.futures`` pool costs the event loop less per call than anyio's)."""
