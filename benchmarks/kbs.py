@@ -1,7 +1,7 @@
 """KBS full-handshake throughput and latency against a real ``nacre serve``, beside the crypto floor.
 
     .venv/bin/python benchmarks/kbs.py [--json] [--duration S] [--clients 1,8,64]
-        [--database postgresql://... [--replicas N]]
+        [--client wire|sdk] [--database postgresql://... [--replicas N]]
 
 One run:
 
@@ -13,30 +13,44 @@ One run:
    handshake needs on the server: ``nacre.verify`` of a simulated SGX quote with warm collateral,
    EAR issue (ES256 sign), EAR verify (what the resource GET does) and JWE encryption to an
    EC P-256 TEE key (ECDH-ES+A256KW, A256GCM). Expressed as handshakes/s.
-3. For each client count: that many threads, each running full handshakes back to back with a
-   fresh :class:`nacre.sdk.KbsClient` per handshake (a new KBS session, nonce and ephemeral TEE
-   key; the thread's keep-alive HTTP connection pool is reused, because building an
-   ``httpx.Client`` costs ~80 ms of CPU in SSL setup): auth -> simulated quote -> attest ->
-   resource GET -> JWE decrypt, checked against the registered secret. Handshakes/s, p50/p99
-   latency, errors, and the CPU seconds the server process and the client process spent per
-   handshake (from /proc and getrusage).
+3. For each client count: that many clients, each running full handshakes back to back, every
+   one complete and fresh (a new KBS session, nonce, ephemeral TEE key and quote; no token is
+   reused): auth -> simulated quote -> attest -> resource GET -> JWE decrypt, checked against the
+   registered secret. Handshakes/s, p50/p99 latency, errors, and the CPU seconds the server
+   process(es) and this (client) process spent per handshake (from /proc and getrusage). The
+   clients are one of:
 
-Why threads with the real SDK rather than an asyncio reimplementation: the figure then measures
-exactly the code a workload runs, and every handshake is complete (new session, nonce, quote and
-TEE key). The client's own CPU cost per handshake is reported, so one can see when the load
-generator, rather than the server, is the limit (measured on 2 cores: ~4 ms of client CPU per
-handshake against ~7-9 ms in the server). The machine's cores are shared by the server and the
-clients: the report prints the core count and both CPU costs.
+   ``--client wire`` (default): N coroutines on one asyncio event loop in this process
+   (``benchmarks/kbs_wire.py``), each with one keep-alive connection and a hand-written HTTP/1.1
+   client, like wrk for plain HTTP. It sends the same requests as the SDK (paths, JSON bodies,
+   session cookie, bearer token; only incidental headers differ) and makes the same checks
+   (status, nonce, cookie, selected hash, token shape, JWE decryption, released bytes) with far
+   less client CPU, so the server, not the load generator, is what is measured. Measured on 2
+   shared cores: ~1.1-1.8 ms of client CPU per handshake, about half of it the simulated quote
+   and the JWE decryption every client pays; the HTTP and asyncio part is ~0.15-0.3 ms when hot.
+   Unlike the SDK it never retries: a refused session is an error in the figures.
 
-Where the server's CPU goes (py-spy, 1 client, after the store and KBS hot paths were trimmed):
-about a third is the HTTP stack (uvicorn, FastAPI/Starlette middleware, thread hand-off) for the
-three requests, a quarter the three durable commits and the audit append, and the crypto floor's
-work most of the rest.
+   ``--client sdk``: N threads, each with a fresh :class:`nacre.sdk.KbsClient` per handshake
+   over the thread's own keep-alive ``httpx.Client`` (built before the clock starts: it costs
+   ~80 ms of CPU in SSL setup). This measures exactly the code a workload runs, load generator
+   included: on 2 cores the SDK spends ~4-5 ms of client CPU per handshake (mostly httpx and
+   thread hand-offs) against ~7-9 ms in the server, and 64 threads contend for one GIL, so the
+   figure is as much the clients' as the server's.
+
+The machine's cores are shared by the server and the clients: the report prints the client mode,
+the core count and both CPU costs, so one can see when the load generator is the limit.
+
+Where the server's CPU goes (py-spy --gil, 64 wire clients, with the KBS lane in front of
+FastAPI, session writes unsynced and audit appends group-committed): about a fifth is the event
+loop and HTTP (uvicorn, the lane, the thread hand-off) for the three requests; of the handlers'
+four fifths, about 40% is the crypto floor's work (verify, EAR sign and verify, JWE), a quarter the
+database (two session writes, two reads, the audit append) and the rest JSON, CEL and glue.
 
 ``--replicas N`` starts N ``nacre serve`` processes on one PostgreSQL database (each given the
-first one's sealed KEK, as replicas are provisioned) and spreads the client threads over them:
+first one's sealed KEK, as replicas are provisioned) and spreads the clients over them:
 the scale-out the service is built for, measured here on the cores the clients also use. The
-server CPU figure then sums the replicas; PostgreSQL's own processes are not in it.
+server CPU figure then sums the replicas; PostgreSQL's own processes are not in it. Client ``i``
+(thread or coroutine) talks to replica ``i mod N``.
 
 Figures are printed, never asserted: timings vary by machine. Every loop is bounded in time and
 in count; all traffic goes to 127.0.0.1; the server is stopped at the end, on Ctrl-C and on errors.
@@ -45,6 +59,7 @@ in count; all traffic goes to 127.0.0.1; the server is stopped at the end, on Ct
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import gc
@@ -66,11 +81,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from kbs_wire import KbsWireClient
 from nacre.appraisal import appraise, policy_from_dict
 from nacre.sdk import KbsClient
 from nacre.server import ADMIN_KEY_FILE, load_admin_key, sign_admin_token
@@ -96,6 +112,15 @@ STOP_SECONDS: Final = 15.0
 #: Upper bound on handshakes per client count, whatever the duration.
 MAX_HANDSHAKES_PER_LEVEL: Final = 200_000
 HANDSHAKE_TIMEOUT_SECONDS: Final = 30.0
+#: How the ``client`` field of the JSON document describes each load generator.
+CLIENT_DESCRIPTIONS: Final = {
+    "wire": "wire: one asyncio coroutine per client on one event loop (benchmarks/kbs_wire.py), "
+    "hand-written HTTP/1.1 on one keep-alive connection each, full fresh handshake checked "
+    "like the SDK",
+    "sdk": "sdk: threads, one fresh nacre.sdk.KbsClient per handshake, one httpx.Client per thread",
+}
+
+ClientMode = Literal["wire", "sdk"]
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -115,6 +140,16 @@ def _nacre_command() -> list[str]:
     return [sys.executable, "-c", "from nacre.cli import main; main()"]
 
 
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) of a live process, from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK  # ppid, utime, stime
+
+
 @dataclass
 class Server:
     proc: subprocess.Popen[bytes]
@@ -123,13 +158,18 @@ class Server:
     log: Path
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU seconds of the server process so far (Linux /proc), else None."""
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
+        """User + system CPU seconds of the server process and its worker processes so far
+        (Linux /proc), else None."""
+        own = _proc_stat(self.proc.pid)
+        if own is None:
             return None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+        total = own[1]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                stat = _proc_stat(int(entry.name))
+                if stat is not None and stat[0] == self.proc.pid:
+                    total += stat[1]
+        return total
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -147,6 +187,7 @@ def running_server(
     *,
     name: str = "data",
     kek_from: Path | None = None,
+    workers: int = 1,
 ) -> Iterator[Server]:
     """``nacre serve`` on 127.0.0.1 with SQLite in ``root/<name>`` (or ``database``); stopped on
     the way out. ``kek_from``: a replica's data directory whose sealed KEK this one is given
@@ -170,6 +211,8 @@ def running_server(
         str(data_dir),
         "--log-level",
         log_level,
+        "--workers",
+        str(workers),
     ]
     if database is not None:
         cmd += ["--database", database]
@@ -337,14 +380,120 @@ def _client_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@dataclass(frozen=True)
+class _Mark:
+    """A point in time with the CPU seconds spent so far by the servers and by this process."""
+
+    at: float
+    server_cpu: float | None
+    client_cpu: float
+
+    @classmethod
+    def now(cls, servers: list[Server]) -> _Mark:
+        return cls(time.monotonic(), _servers_cpu(servers), _client_cpu())
+
+
+@dataclass
+class _Tally:
+    """What one level's clients recorded: latencies of good handshakes, and the errors."""
+
+    level: Level
+    latencies: list[float] = field(default_factory=list)
+
+    def record(self, elapsed: float, error: str | None) -> None:
+        if error is None:
+            self.latencies.append(elapsed)
+            return
+        self.level.errors += 1
+        if len(self.level.error_samples) < 5:
+            self.level.error_samples.append(error[:300])
+
+    def finish(self, start: _Mark, end: _Mark) -> Level:
+        """Fill the level's figures; both client modes compute them here, the same way."""
+        level, latencies = self.level, sorted(self.latencies)
+        level.seconds = end.at - start.at
+        level.handshakes = len(latencies)
+        level.per_second = level.handshakes / level.seconds if level.seconds > 0 else 0.0
+        level.p50_ms = percentile(latencies, 50) * 1e3
+        level.p99_ms = percentile(latencies, 99) * 1e3
+        level.max_ms = (latencies[-1] if latencies else 0.0) * 1e3
+        done = level.handshakes + level.errors
+        if done and start.server_cpu is not None and end.server_cpu is not None:
+            level.server_cpu_ms_per_handshake = (end.server_cpu - start.server_cpu) / done * 1e3
+        if done:
+            level.client_cpu_ms_per_handshake = (end.client_cpu - start.client_cpu) / done * 1e3
+        return level
+
+
 def run_level(
+    servers: list[Server],
+    platform: SimPlatform,
+    secret: bytes,
+    clients: int,
+    duration: float,
+    mode: ClientMode = "wire",
+) -> Level:
+    """``clients`` clients doing full handshakes for ``duration`` seconds (at most
+    :data:`MAX_HANDSHAKES_PER_LEVEL`); client ``i`` talks to replica ``i mod len(servers)``."""
+    if mode == "wire":
+        return asyncio.run(_wire_level(servers, platform, secret, clients, duration))
+    return _sdk_level(servers, platform, secret, clients, duration)
+
+
+async def _wire_level(
     servers: list[Server], platform: SimPlatform, secret: bytes, clients: int, duration: float
 ) -> Level:
-    """``clients`` threads doing full handshakes (fresh KbsClient each) for ``duration`` seconds;
-    thread ``i`` talks to replica ``i mod len(servers)``."""
-    level = Level(clients)
+    """``clients`` coroutines on this event loop, each a :class:`KbsWireClient` with its own
+    keep-alive connection, running handshakes back to back."""
+    tally = _Tally(Level(clients))
+    wire = [
+        KbsWireClient(
+            servers[i % len(servers)].url,
+            SimBackend(platform),
+            RESOURCE,
+            secret,
+            timeout=HANDSHAKE_TIMEOUT_SECONDS,
+        )
+        for i in range(clients)
+    ]
+    started = [0]  # handshakes begun, across all coroutines (one thread: no lock needed)
+    start = _Mark.now(servers)
+    stop_at = start.at + duration
+
+    async def client_loop(client: KbsWireClient) -> None:
+        while time.monotonic() < stop_at and started[0] < MAX_HANDSHAKES_PER_LEVEL:
+            started[0] += 1
+            t0 = time.perf_counter()
+            error: str | None = None
+            try:
+                await client.handshake()
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            tally.record(time.perf_counter() - t0, error)
+
+    tasks = [asyncio.create_task(client_loop(client)) for client in wire]
+    try:
+        _, late = await asyncio.wait(tasks, timeout=duration + HANDSHAKE_TIMEOUT_SECONDS * 2)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        end = _Mark.now(servers)
+        if late:
+            tally.record(0.0, f"{len(late)} client coroutine(s) did not finish in time")
+    finally:
+        for task in tasks:
+            task.cancel()
+        for client in wire:
+            await client.aclose()
+    return tally.finish(start, end)
+
+
+def _sdk_level(
+    servers: list[Server], platform: SimPlatform, secret: bytes, clients: int, duration: float
+) -> Level:
+    """``clients`` threads doing full handshakes with a fresh KbsClient each."""
+    tally = _Tally(Level(clients))
     lock = threading.Lock()
-    latencies: list[float] = []
     stop_at = [0.0]
     count = [0]
 
@@ -376,44 +525,26 @@ def run_level(
                 error = f"{type(exc).__name__}: {exc}"
             elapsed = time.perf_counter() - t0
             with lock:
-                if error is None:
-                    latencies.append(elapsed)
-                else:
-                    level.errors += 1
-                    if len(level.error_samples) < 5:
-                        level.error_samples.append(error[:300])
+                tally.record(elapsed, error)
 
     threads = [
         threading.Thread(target=worker, args=(pool, servers[i % len(servers)]), daemon=True)
         for i, pool in enumerate(pools)
     ]
-    server_cpu0, client_cpu0 = _servers_cpu(servers), _client_cpu()
-    t0 = time.monotonic()
-    stop_at[0] = t0 + duration
+    start = _Mark.now(servers)
+    stop_at[0] = start.at + duration
     for th in threads:
         th.start()
-    join_deadline = t0 + duration + HANDSHAKE_TIMEOUT_SECONDS * 2
+    join_deadline = start.at + duration + HANDSHAKE_TIMEOUT_SECONDS * 2
     for th in threads:
         th.join(timeout=max(0.0, join_deadline - time.monotonic()))
-    level.seconds = time.monotonic() - t0
-    server_cpu1, client_cpu1 = _servers_cpu(servers), _client_cpu()
+    end = _Mark.now(servers)
     for pool in pools:
         pool.close()
     if any(th.is_alive() for th in threads):
-        level.error_samples.append("a client thread did not finish in time")
-        level.errors += 1
-    latencies.sort()
-    level.handshakes = len(latencies)
-    level.per_second = level.handshakes / level.seconds if level.seconds > 0 else 0.0
-    level.p50_ms = percentile(latencies, 50) * 1e3
-    level.p99_ms = percentile(latencies, 99) * 1e3
-    level.max_ms = (latencies[-1] if latencies else 0.0) * 1e3
-    done = level.handshakes + level.errors
-    if done and server_cpu0 is not None and server_cpu1 is not None:
-        level.server_cpu_ms_per_handshake = (server_cpu1 - server_cpu0) / done * 1e3
-    if done:
-        level.client_cpu_ms_per_handshake = (client_cpu1 - client_cpu0) / done * 1e3
-    return level
+        with lock:
+            tally.record(0.0, "a client thread did not finish in time")
+    return tally.finish(start, end)
 
 
 # --------------------------------------------------------------------------- report
@@ -448,9 +579,11 @@ def goals(levels: list[Level], floor_per_second: float) -> list[dict[str, Any]]:
 def print_report(doc: dict[str, Any]) -> None:
     floor = doc["floor"]
     print(
-        f"machine: {doc['cores']} cores (server subprocess and client threads share them); "
+        f"machine: {doc['cores']} cores (server subprocess(es) and clients share them); "
         f"python {doc['python']}; database {doc['database']}"
     )
+    print(f"server: {doc['server']}")
+    print(f"client: {doc['client']}")
     print(
         f"crypto floor (verify + EAR sign + EAR verify + JWE, 1 thread, in process): "
         f"{floor['ms_per_handshake']:.3f} ms = {floor['handshakes_per_second']:.0f} handshakes/s"
@@ -503,6 +636,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per client count")
     ap.add_argument("--clients", default="1,8,64", help="comma-separated client counts")
+    ap.add_argument(
+        "--client",
+        choices=("wire", "sdk"),
+        default="wire",
+        help="load generator: asyncio coroutines speaking the KBS wire protocol (wire, lean) or "
+        "threads running nacre.sdk.KbsClient (sdk, the code a workload runs)",
+    )
     ap.add_argument("--floor-rounds", type=int, default=5, help="floor rounds (median)")
     ap.add_argument("--floor-round-seconds", type=float, default=0.5, help="length of one round")
     ap.add_argument("--log-level", default="info", help="the server's --log-level")
@@ -513,12 +653,21 @@ def main(argv: list[str] | None = None) -> int:
         "use a fresh, empty database or schema",
     )
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="the server's --workers (worker processes of one nacre serve; CPU summed over them)",
+    )
+    ap.add_argument(
         "--replicas",
         type=int,
         default=1,
         help="nacre serve processes sharing --database (PostgreSQL), clients spread over them",
     )
     args = ap.parse_args(argv)
+    mode: ClientMode = "sdk" if args.client == "sdk" else "wire"
+    if not 1 <= args.workers <= 64:
+        ap.error("--workers: 1 to 64")
     if not 1 <= args.replicas <= 16:
         ap.error("--replicas: 1 to 16")
     if args.replicas > 1 and not (args.database or "").startswith("postgresql"):
@@ -539,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         secret = secrets.token_bytes(32)
         with contextlib.ExitStack() as stack:
             server = stack.enter_context(
-                running_server(root, sim_dir, args.log_level, args.database)
+                running_server(root, sim_dir, args.log_level, args.database, workers=args.workers)
             )
             servers = [server] + [
                 stack.enter_context(
@@ -550,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.database,
                         name=f"data-{i}",
                         kek_from=server.data_dir,
+                        workers=args.workers,
                     )
                 )
                 for i in range(1, args.replicas)
@@ -560,10 +710,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             floor_seconds = statistics.median(floor_samples)
             # Warm-up: a few handshakes (imports, connection setup, caches), not counted.
-            warm = run_level(servers, platform, secret, len(servers), min(1.0, args.duration))
+            warm = run_level(servers, platform, secret, len(servers), min(1.0, args.duration), mode)
             if warm.errors:
                 raise RuntimeError(f"warm-up handshakes failed: {warm.error_samples}")
-            levels = [run_level(servers, platform, secret, n, args.duration) for n in counts]
+            levels = [run_level(servers, platform, secret, n, args.duration, mode) for n in counts]
             for each in servers:
                 if each.proc.poll() is not None:
                     raise RuntimeError(f"a server died:\n{each.log_tail()}")
@@ -576,12 +726,12 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "cores": os.cpu_count(),
         "duration_per_level": args.duration,
-        "server": f"nacre serve (uvicorn) x {args.replicas} replica process(es), sim trust, "
-        "127.0.0.1",
-        "database": "sqlite (WAL, synchronous=FULL) in a temp dir"
+        "server": f"nacre serve --workers {args.workers} (uvicorn) x {args.replicas} replica "
+        "process(es), sim trust, 127.0.0.1",
+        "database": "sqlite (WAL; audit and admin writes synchronous=FULL, sessions NORMAL) in a temp dir"
         if args.database is None
         else args.database.split("@")[-1],
-        "client": "threads, one fresh nacre.sdk.KbsClient per handshake, one httpx.Client per thread",
+        "client": CLIENT_DESCRIPTIONS[mode],
         "floor": floor,
         "levels": [asdict(lv) for lv in levels],
         "goals": goals(levels, 1 / floor_seconds),
