@@ -42,7 +42,8 @@ from urllib.parse import urlsplit
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nacre.sdk.kbs import parse_resource_path
+from nacre.sdk.errors import KbsProtocolError
+from nacre.sdk.kbs import parse_resource_path, selected_report_hash
 from nacre.tee.sim import SimBackend
 from nacre.token import decrypt, kbs_report_data, public_jwk
 from nacre.token.errors import JweError
@@ -292,25 +293,12 @@ def _json_object(response: Response, step: str) -> dict[str, Any]:
 
 
 def selected_hash(extra: object) -> HashName:
-    """The report-data hash the broker selected in ``extra-params``, as the SDK reads it
-    (``KbsClient._hash_from``): a JSON object or a JSON string of one; SHA-384 when it names
-    none (Trustee); a name this client did not offer is an error."""
-    if isinstance(extra, str) and extra.strip():
-        try:
-            extra = orjson.loads(extra)
-        except orjson.JSONDecodeError:
-            extra = None
-    selected = extra.get("selected-hash-algorithm") if isinstance(extra, dict) else None
-    if selected is None:
-        return "sha384"
-    name = str(selected).lower().replace("-", "")
-    if name == "sha256":
-        return "sha256"
-    if name == "sha384":
-        return "sha384"
-    if name == "sha512":
-        return "sha512"
-    raise WireError(f"auth: the broker selected a hash not offered: {str(selected)[:40]!r}")
+    """The report-data hash the broker selected in ``extra-params``, read as the SDK reads it
+    (:func:`nacre.sdk.kbs.selected_report_hash`); one this client did not offer is an error."""
+    try:
+        return selected_report_hash(extra)
+    except KbsProtocolError as exc:
+        raise WireError(f"auth: the broker selected a hash not offered: {exc.actual}") from None
 
 
 def session_cookie(response: Response) -> str:

@@ -78,12 +78,15 @@ def start_serve(
     *,
     database: str | None = None,
     tls: tuple[Path, Path, Path] | None = None,
+    workers: int = 1,
 ) -> ServeProcess:
     """``nacre serve`` on 127.0.0.1 (a free port), simulation trust on, answering /healthz.
 
-    ``tls`` = (certificate, key, CA file): serve HTTPS, checked against the CA."""
+    ``tls`` = (certificate, key, CA file): serve HTTPS, checked against the CA. ``workers``:
+    ``--workers`` (the server then answers as soon as one worker does)."""
     env = {**os.environ, "NACRE_SIM_DIR": str(sim_dir)}
     env.pop("NACRE_TEE", None)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     port = free_port()
     cmd = [
         *_nacre_command(),
@@ -96,6 +99,8 @@ def start_serve(
         str(data_dir),
         "--log-level",
         "warning",
+        "--workers",
+        str(workers),
     ]
     if database is not None:
         cmd += ["--database", database]

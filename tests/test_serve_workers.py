@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from nacre.sdk import KbsClient
 from nacre.server import ADMIN_KEY_FILE, load_admin_key, sign_admin_token
 from nacre.sim import SimPlatform
 from nacre.tee.sim import SimBackend
-from serve_process import ServeProcess, free_port
+from serve_process import ServeProcess, start_serve
 from test_serve_tls import _issue
 
 pytestmark = pytest.mark.skipif(
@@ -48,60 +47,11 @@ SECRET: Final = b"model key served by workers"
 _T = TypeVar("_T")
 
 
-def _nacre_command() -> list[str]:
-    script = Path(sys.executable).with_name("nacre")
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-c", "from nacre.cli import main; main()"]
-
-
 def _start(
     root: Path, *, workers: int = WORKERS, tls: tuple[Path, Path, Path] | None = None
 ) -> ServeProcess:
     """``nacre serve --workers N`` on a free port, answering /healthz (one worker is enough)."""
-    env = {**os.environ, "NACRE_SIM_DIR": str(root / "sim")}
-    env.pop("NACRE_TEE", None)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    port = free_port()
-    cmd = [
-        *_nacre_command(),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(root / "data"),
-        "--log-level",
-        "warning",
-        "--workers",
-        str(workers),
-    ]
-    verify: ssl.SSLContext | bool = True
-    if tls is not None:
-        cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
-        verify = ssl.create_default_context(cafile=str(tls[2]))
-    log = root / "serve.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    scheme = "https" if tls is not None else "http"
-    server = ServeProcess(proc, f"{scheme}://127.0.0.1:{port}", root / "data", log)
-    try:
-        with httpx.Client(timeout=2.0, verify=verify) as http:
-
-            def healthy() -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(f"nacre serve exited with {proc.returncode}")
-                try:
-                    return http.get(f"{server.url}/healthz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            _wait(healthy, "nacre serve to answer /healthz", server)
-    except BaseException:
-        _stop(server)
-        raise
-    return server
+    return start_serve(root / "data", root / "sim", root / "serve.log", tls=tls, workers=workers)
 
 
 def _stop(server: ServeProcess) -> None:

@@ -30,6 +30,7 @@ from nacre.server.workers import (
     WorkersFailedError,
     bind_listener,
     bootstrap,
+    check_worker_count,
     configure_logging,
     server_config,
     tls_certificate,
@@ -130,13 +131,7 @@ def serve_command(
     try:
         import uvicorn
 
-        if not 1 <= workers <= MAX_WORKERS:
-            raise UsageError(
-                "the number of worker processes is out of range",
-                field="--workers",
-                expected=f"1 to {MAX_WORKERS}",
-                actual=workers,
-            )
+        check_worker_count(workers)
         directory = data_dir or default_data_dir()
         url = database or default_url(directory)
         options = ServeOptions(

@@ -69,6 +69,7 @@ __all__ = [
     "KbsClient",
     "check_kbs_url",
     "parse_resource_path",
+    "selected_report_hash",
 ]
 
 _log = logging.getLogger("nacre.sdk.kbs")
@@ -93,6 +94,33 @@ _USER_AGENT: Final = "nacre-sdk/0.1"
 KeyType = Literal["EC", "RSA"]
 HashName = Literal["sha256", "sha384", "sha512"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def selected_report_hash(extra: object) -> HashName:
+    """The report-data hash a KBS selected in its challenge's ``extra-params`` (a JSON object, or
+    a JSON string of one); SHA-384 when it names none (Trustee); one this client does not offer
+    is a :class:`KbsProtocolError`."""
+    if isinstance(extra, str) and extra.strip():
+        try:
+            extra = json.loads(extra)
+        except ValueError:
+            extra = None
+    selected = extra.get("selected-hash-algorithm") if isinstance(extra, dict) else None
+    if selected is None:
+        return "sha384"
+    name = str(selected).lower().replace("-", "")
+    if name == "sha256":
+        return "sha256"
+    if name == "sha384":
+        return "sha384"
+    if name == "sha512":
+        return "sha512"
+    raise KbsProtocolError(
+        "KBS selected a report-data hash this client does not offer",
+        field="selected-hash-algorithm",
+        expected=", ".join(_HASHES),
+        actual=str(selected)[:40],
+    )
 
 
 def check_kbs_url(url: str) -> str:
@@ -390,7 +418,7 @@ class KbsClient:
             raise KbsProtocolError(
                 "KBS auth answered without a nonce", field="nonce", expected="a string"
             )
-        hash_name = self._hash_from(challenge.get("extra-params"))
+        hash_name = selected_report_hash(challenge.get("extra-params"))
         session_id = response.cookies.get(SESSION_COOKIE)
         if not session_id:
             raise KbsProtocolError(
@@ -437,31 +465,6 @@ class KbsClient:
         self.handshakes += 1
         _log.info("KBS attestation accepted (tee %s)", tee)
         return session
-
-    @staticmethod
-    def _hash_from(extra: object) -> HashName:
-        """The report-data hash the broker selected; SHA-384 when it says nothing (Trustee)."""
-        if isinstance(extra, str) and extra.strip():
-            try:
-                extra = json.loads(extra)
-            except ValueError:
-                extra = None
-        selected = extra.get("selected-hash-algorithm") if isinstance(extra, dict) else None
-        if selected is None:
-            return "sha384"
-        name = str(selected).lower().replace("-", "")
-        if name == "sha256":
-            return "sha256"
-        if name == "sha384":
-            return "sha384"
-        if name == "sha512":
-            return "sha512"
-        raise KbsProtocolError(
-            "KBS selected a report-data hash this client does not offer",
-            field="selected-hash-algorithm",
-            expected=", ".join(_HASHES),
-            actual=str(selected)[:40],
-        )
 
     # -- HTTP -----------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ which exists only sealed in ``kek.json``), so any replica finishes a handshake a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,8 +35,14 @@ from nacre.server.kbs_lane import KBS_PREFIX, KbsLane
 from nacre.server.kbs_openapi import add_kbs_paths
 from nacre.server.kms_api import kms_router
 from nacre.server.maintenance import Maintenance
-from nacre.server.observe import BodyLimitMiddleware, log_event
-from nacre.server.problems import Problem, error_problem, problem_response, validation_problem
+from nacre.server.observe import (
+    BodyLimitMiddleware,
+    crash_answer,
+    error_answer,
+    log_event,
+    problem_answer,
+)
+from nacre.server.problems import Problem, problem_response, validation_problem
 from nacre.server.service import NacreService
 
 __all__ = ["NacreApp", "create_app"]
@@ -113,16 +118,7 @@ def create_app(config: ServerConfig) -> NacreApp:
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
-        log_event(
-            "http.problem",
-            logging.INFO,
-            status=exc.status,
-            kind=exc.kind,
-            code=exc.code,
-            check=exc.check,
-            request_id=rid(request),
-        )
-        return problem_response(exc, rid(request))
+        return problem_answer(exc, rid(request))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -138,19 +134,11 @@ def create_app(config: ServerConfig) -> NacreApp:
 
     @app.exception_handler(NacreError)
     async def _nacre(request: Request, exc: NacreError) -> Response:
-        problem, internal = error_problem(exc)
-        if internal:
-            log_event("http.error", logging.ERROR, code=exc.code, request_id=rid(request))
-        return problem_response(problem, rid(request))
+        return error_answer(exc, rid(request))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
-        logging.getLogger("nacre.server").exception(
-            "unhandled error", extra={"event": "http.crash", "request_id": rid(request)}
-        )
-        return problem_response(
-            Problem(500, "internal error", kind="InternalError", code="INTERNAL"), rid(request)
-        )
+        return crash_answer(exc, rid(request))
 
     # -- public -----------------------------------------------------------------------------------
 

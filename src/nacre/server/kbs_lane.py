@@ -12,7 +12,6 @@ describes these routes in the OpenAPI document (:mod:`nacre.server.kbs_openapi`)
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -27,8 +26,15 @@ from nacre.errors import NacreError
 from nacre.server.deferred_sync import DeferredSync
 from nacre.server.kbs import KBS_SESSION_COOKIE, KbsHandlers
 from nacre.server.models import KbsAttestRequest, KbsAuthRequest
-from nacre.server.observe import Metrics, body_too_large, log_event
-from nacre.server.problems import Problem, error_problem, problem_response, validation_problem
+from nacre.server.observe import (
+    Metrics,
+    body_too_large,
+    crash_answer,
+    error_answer,
+    log_event,
+    problem_answer,
+)
+from nacre.server.problems import Problem, validation_problem
 from nacre.server.service import NacreService
 
 __all__ = ["KBS_PREFIX", "KbsLane"]
@@ -78,29 +84,11 @@ class KbsLane:
                 status = 499  # logged as nginx does; no response can be sent
                 return
             except Problem as problem:
-                log_event(
-                    "http.problem",
-                    logging.INFO,
-                    status=problem.status,
-                    kind=problem.kind,
-                    code=problem.code,
-                    check=problem.check,
-                    request_id=request_id,
-                )
-                response = problem_response(problem, request_id)
+                response = problem_answer(problem, request_id)
             except NacreError as exc:
-                answer, internal = error_problem(exc)
-                if internal:
-                    log_event("http.error", logging.ERROR, code=exc.code, request_id=request_id)
-                response = problem_response(answer, request_id)
-            except Exception:
-                logging.getLogger("nacre.server").exception(
-                    "unhandled error", extra={"event": "http.crash", "request_id": request_id}
-                )
-                response = problem_response(
-                    Problem(500, "internal error", kind="InternalError", code="INTERNAL"),
-                    request_id,
-                )
+                response = error_answer(exc, request_id)
+            except Exception as exc:
+                response = crash_answer(exc, request_id)
             response.headers.append("x-request-id", request_id)
             status = response.status_code
             await response(scope, receive, send)

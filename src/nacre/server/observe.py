@@ -18,9 +18,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nacre.server.problems import Problem, problem_response
+from nacre.errors import NacreError
+from nacre.server.problems import Problem, error_problem, problem_response
 
 __all__ = [
     "LOGGER_NAME",
@@ -28,7 +30,10 @@ __all__ = [
     "JsonLogFormatter",
     "Metrics",
     "body_too_large",
+    "crash_answer",
+    "error_answer",
     "log_event",
+    "problem_answer",
 ]
 
 LOGGER_NAME: Final = "nacre.server"
@@ -150,6 +155,39 @@ def body_too_large(limit: int, actual: str) -> Problem:
         expected=f"<= {limit} bytes",
         actual=actual,
         extra={"limit": "max_request_bytes" if limit < 1024 * 1024 else "max_admin_body_bytes"},
+    )
+
+
+def problem_answer(problem: Problem, request_id: str | None) -> JSONResponse:
+    """The RFC 7807 answer to ``problem``, logged with its status, kind, code and check."""
+    log_event(
+        "http.problem",
+        logging.INFO,
+        status=problem.status,
+        kind=problem.kind,
+        code=problem.code,
+        check=problem.check,
+        request_id=request_id,
+    )
+    return problem_response(problem, request_id)
+
+
+def error_answer(exc: NacreError, request_id: str | None) -> JSONResponse:
+    """The answer to a :class:`NacreError` no route turned into a problem (a 500, logged as an
+    error, when it is the server's fault)."""
+    problem, internal = error_problem(exc)
+    if internal:
+        log_event("http.error", logging.ERROR, code=exc.code, request_id=request_id)
+    return problem_response(problem, request_id)
+
+
+def crash_answer(exc: BaseException, request_id: str | None) -> JSONResponse:
+    """The 500 for an exception nobody expected: the traceback goes to the log, not the client."""
+    _log.error(
+        "unhandled error", exc_info=exc, extra={"event": "http.crash", "request_id": request_id}
+    )
+    return problem_response(
+        Problem(500, "internal error", kind="InternalError", code="INTERNAL"), request_id
     )
 
 

@@ -93,6 +93,7 @@ __all__ = [
     "WorkersFailedError",
     "bind_listener",
     "bootstrap",
+    "check_worker_count",
     "configure_logging",
     "server_config",
     "tls_certificate",
@@ -175,6 +176,16 @@ class ServeOptions:
             tls_cert=path(doc.get("tls_cert")),
             tls_key=path(doc.get("tls_key")),
             maintenance_every=float(doc["maintenance_every"]),
+        )
+
+
+def check_worker_count(count: int) -> None:
+    if not 1 <= count <= MAX_WORKERS:
+        raise UsageError(
+            "the number of worker processes is out of range",
+            field="--workers",
+            expected=f"1 to {MAX_WORKERS}",
+            actual=count,
         )
 
 
@@ -321,13 +332,7 @@ class Supervisor:
         stop_seconds: float = STOP_SECONDS,
         max_startup_failures: int = MAX_STARTUP_FAILURES,
     ) -> None:
-        if not 1 <= count <= MAX_WORKERS:
-            raise UsageError(
-                "the number of worker processes is out of range",
-                field="--workers",
-                expected=f"1 to {MAX_WORKERS}",
-                actual=count,
-            )
+        check_worker_count(count)
         if count > 1 and os.name != "posix":
             raise UsageError(
                 "worker processes need a POSIX system (they inherit the listening socket)",
