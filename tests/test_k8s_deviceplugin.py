@@ -20,6 +20,7 @@ import tempfile
 import threading
 import tomllib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -39,12 +40,14 @@ from nacre.k8s.deviceplugin import (
     PoolHealth,
     RegistrationRejectedError,
     api_pb2,
+    api_pb2_grpc,
     build_pools,
     epc_pool,
     preferred_allocation,
     provision_pool,
 )
 from nacre.k8s.deviceplugin.devices import MAX_ADVERTISED_EPC_MIB, AllocationRequestError
+from nacre.k8s.deviceplugin.registration import KubeletUnavailableError, register
 from nacre.node import EpcNode
 
 MIB = 1024 * 1024
@@ -589,7 +592,9 @@ def test_recreates_its_socket_when_the_kubelet_clears_the_directory(
     kubelet.wait_registered(DEFAULT_EPC_RESOURCE)
     kubelet.stop()
     for sock in plugin_dir.iterdir():
-        sock.unlink()
+        # The plugin may be replacing its own sockets at this very moment (it noticed the
+        # kubelet go): one gone since the listing is fine, as it is for a kubelet.
+        sock.unlink(missing_ok=True)
     restarted = FakeKubelet(plugin_dir).start()
     try:
         request = restarted.wait_registered(DEFAULT_EPC_RESOURCE)
@@ -743,3 +748,37 @@ def test_regular_files_are_not_devices_unless_asked(
     start_plugin(unsafe_fake_devices=False)
     kubelet.wait_registered(DEFAULT_EPC_RESOURCE)
     kubelet.wait_list(DEFAULT_EPC_RESOURCE, all_health("Unhealthy"))
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (grpc.StatusCode.CANCELLED, KubeletUnavailableError),  # a kubelet stopping mid-call
+        (grpc.StatusCode.UNAVAILABLE, KubeletUnavailableError),
+        (grpc.StatusCode.UNKNOWN, RegistrationRejectedError),  # how the kubelet refuses
+    ],
+)
+def test_a_kubelet_going_away_mid_call_is_retried_not_a_refusal(
+    plugin_dir: Path, code: grpc.StatusCode, error: type[Exception]
+) -> None:
+    class Answer(api_pb2_grpc.RegistrationServicer):
+        def Register(
+            self, request: api_pb2.RegisterRequest, context: grpc.ServicerContext
+        ) -> api_pb2.Empty:
+            context.abort(code, "going away")
+            raise AssertionError("abort returned")
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    api_pb2_grpc.add_RegistrationServicer_to_server(Answer(), server)
+    server.add_insecure_port(f"unix:{plugin_dir / 'kubelet.sock'}")
+    server.start()
+    try:
+        with pytest.raises(error):
+            register(
+                plugin_dir,
+                endpoint=EPC_SOCKET,
+                resource_name=DEFAULT_EPC_RESOURCE,
+                options=api_pb2.DevicePluginOptions(),
+            )
+    finally:
+        server.stop(0).wait()

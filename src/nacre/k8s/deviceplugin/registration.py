@@ -41,7 +41,12 @@ KUBELET_SOCKET: Final = "kubelet.sock"
 REGISTER_TIMEOUT: Final = 5.0
 
 # Status codes that mean "nobody answered (yet)" rather than "the kubelet said no".
-_UNREACHABLE: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: Failures of the call rather than refusals by the kubelet (which answers UNKNOWN with its
+#: reason): retried on the next poll. CANCELLED is a kubelet stopping while the call was in flight
+#: (its server cancels every call as it goes away).
+_UNREACHABLE: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
 
 
 class KubeletUnavailableError(NacreError):
