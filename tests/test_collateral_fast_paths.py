@@ -39,7 +39,7 @@ def _outcome(parse: Callable[[bytes], object], body: bytes) -> object:
 
 def _slow_tcb(body: bytes, monkeypatch: pytest.MonkeyPatch) -> object:
     with monkeypatch.context() as m:
-        m.setattr(tcb_info, "_level_fast", lambda raw, is_tdx: None)
+        m.setattr(tcb_info, "_level_fast", lambda raw, is_tdx, bools: None)
         return _outcome(tcb_info.parse_tcb_info, body)
 
 

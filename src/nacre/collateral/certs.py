@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import warnings
 from collections.abc import Sequence
 
@@ -153,9 +154,17 @@ def load_pem_chain(data: bytes, *, field: str, eager: bool = True) -> tuple[x509
     return tuple(certs)
 
 
-def _pem_blocks(text: bytes) -> list[bytes] | None:
-    """The DER of each CERTIFICATE block, or None when the text is not plain, well-formed PEM."""
-    out: list[bytes] = []
+def _pem_blocks(
+    text: bytes, known: Sequence[tuple[bytes, CertDer]] = ()
+) -> list[bytes | CertDer] | None:
+    """The DER of each CERTIFICATE block, or None when the text is not plain, well-formed PEM.
+
+    A block whose base64 text is exactly that of one of ``known`` (pairs of :func:`_base64` of
+    a certificate's DER and the certificate) is that certificate: it decodes to that DER, so
+    decoding it only to compare is skipped. (Compared one by one: the anchors are one or two,
+    and equality of bytes of another length costs nothing, where a dict would hash each block.)
+    """
+    out: list[bytes | CertDer] = []
     pos = 0
     while (begin := text.find(_PEM_BEGIN, pos)) >= 0:
         if text[pos:begin].strip():
@@ -163,13 +172,42 @@ def _pem_blocks(text: bytes) -> list[bytes] | None:
         end = text.find(_PEM_END, begin)
         if end < 0:
             return None
-        body = text[begin + len(_PEM_BEGIN) : end].translate(None, _ASCII_WHITESPACE)
-        try:
-            out.append(binascii.a2b_base64(body, strict_mode=True))
-        except binascii.Error:
-            return None
+        body = text[begin + len(_PEM_BEGIN) : end]
+        # Lines end in "\n" (cheap to drop); any other whitespace makes the strict decoding of
+        # `flat` fail, and the block is decoded again without all of it, as it always was.
+        flat = body.replace(b"\n", b"")
+        hit = next((k for b64, k in known if b64 == flat), None)
+        if hit is not None:
+            out.append(hit)
+        else:
+            try:
+                out.append(binascii.a2b_base64(flat, strict_mode=True))
+            except binascii.Error:
+                try:
+                    out.append(
+                        binascii.a2b_base64(
+                            body.translate(None, _ASCII_WHITESPACE), strict_mode=True
+                        )
+                    )
+                except binascii.Error:
+                    return None
         pos = end + len(_PEM_END)
     return out if not text[pos:].strip() else None
+
+
+@functools.lru_cache(maxsize=64)
+def _base64(der: bytes) -> bytes:
+    """The base64 text of ``der`` without line breaks (for trust anchors: computed once)."""
+    return binascii.b2a_base64(der, newline=False)
+
+
+def _load_block(
+    block: bytes | CertDer, known: Sequence[CertDer]
+) -> CertDer | tuple[x509.Certificate, bytes]:
+    if isinstance(block, CertDer):
+        return block
+    hit = next((k for k in known if k.der == block), None)
+    return hit if hit is not None else (x509.load_der_x509_certificate(block), block)
 
 
 #: What ``bytes.split()`` treats as whitespace (and PEM bodies may be wrapped with).
@@ -209,13 +247,15 @@ def load_pem_chain_der(
     value, not loaded again.
     """
     text = _pem_text(data, field)
-    blocks = _pem_blocks(text)
-    by_der = {k.der: k for k in known}
-    loaded: list[tuple[CertDer | x509.Certificate, bytes]]
+    blocks = _pem_blocks(text, [(_base64(k.der), k) for k in known])
+    loaded: list[CertDer | tuple[x509.Certificate, bytes]]
     try:
-        if blocks is not None and all(b in by_der or _positive_serial(b) for b in blocks):
+        if blocks is not None and all(
+            isinstance(b, CertDer) or _positive_serial(b) or any(k.der == b for k in known)
+            for b in blocks
+        ):
             # No certificate here can draw the zero-serial warning: no filter to set up.
-            loaded = [(by_der.get(b) or x509.load_der_x509_certificate(b), b) for b in blocks]
+            loaded = [_load_block(b, known) for b in blocks]
         else:
             with warnings.catch_warnings():
                 warnings.filterwarnings(
@@ -227,9 +267,7 @@ def load_pem_chain_der(
                     certs = load_pem_chain(text, field=field, eager=False)
                     loaded = [(c, c.public_bytes(serialization.Encoding.DER)) for c in certs]
                 else:
-                    loaded = [
-                        (by_der.get(b) or x509.load_der_x509_certificate(b), b) for b in blocks
-                    ]
+                    loaded = [_load_block(b, known) for b in blocks]
     except _LOAD_ERRORS as exc:
         raise CollateralError(
             f"{field} is not a valid PEM certificate chain",
@@ -239,8 +277,8 @@ def load_pem_chain_der(
             actual=str(exc),
         ) from exc
     return tuple(
-        c if isinstance(c, CertDer) else cert_der(c, b, what=f"{field} certificate {i}")
-        for i, (c, b) in enumerate(loaded)
+        c if isinstance(c, CertDer) else cert_der(*c, what=f"{field} certificate {i}")
+        for i, c in enumerate(loaded)
     )
 
 

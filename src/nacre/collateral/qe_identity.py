@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from nacre.collateral.signed_json import SignedJson, parse_signed_json
 from nacre.collateral.tcb_info import _bad, _Fields, level_status_fast
@@ -12,8 +12,7 @@ from nacre.collateral.tcb_info import _bad, _Fields, level_status_fast
 __all__ = ["EnclaveIdentity", "QeTcbLevel", "parse_qe_identity"]
 
 
-@dataclass(frozen=True, slots=True)
-class QeTcbLevel:
+class QeTcbLevel(NamedTuple):  # a NamedTuple, as TcbLevel (built once per level, cheaply)
     isvsvn: int
     status: str
     date: str

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from nacre.collateral.certs import load_certificate
-from nacre.collateral.x509_der import CertDer, cert_der
+from nacre.collateral.x509_der import CertDer, anchor_der
 from nacre.errors import UsageError
 
 __all__ = [
@@ -82,9 +82,7 @@ class TrustRoots:
     def __post_init__(self) -> None:
         key = b"".join(c.fingerprint(hashes.SHA256()) for c in self.intel)
         object.__setattr__(self, "intel_key", key + (b"sim" if self.sim else b""))
-        parts = tuple(
-            cert_der(c, c.public_bytes(Encoding.DER), what="trust anchor") for c in self.intel
-        )
+        parts = tuple(anchor_der(c) for c in self.intel)
         object.__setattr__(self, "intel_der", parts)
 
     @classmethod

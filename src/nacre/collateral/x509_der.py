@@ -9,16 +9,17 @@ subject Name (as DER, for byte comparison) and a CRL's signed bytes and issuer w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from nacre.collateral import der
 from nacre.errors import CollateralError
 
 __all__ = [
     "CertDer",
+    "anchor_der",
     "cert_der",
     "cert_extension_value",
     "crl_signed_parts",
@@ -29,6 +30,9 @@ _TAG_EXPLICIT_0: Final = 0xA0
 _TAG_BIT_STRING: Final = 0x03
 _TAG_SET: Final = 0x31
 _CN_OID: Final = b"\x55\x04\x03"  # 2.5.4.3 commonName
+_CN_OID_TLV: Final = b"\x06\x03" + _CN_OID
+#: Bytes 0, 2 and 4 of a Name whose first RDN is one attribute: SEQUENCE, SET, SEQUENCE.
+_SEQ_SET_SEQ: Final = b"\x30\x31\x30"
 #: DirectoryString choices (RFC 5280 §4.1.2.4) and how their bytes become text.
 _STRING_CODECS: Final = {
     0x0C: "utf-8",  # UTF8String
@@ -40,9 +44,10 @@ _STRING_CODECS: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class CertDer:
+class CertDer(NamedTuple):
     """A certificate beside the exact DER parts verification reads (sliced, never re-encoded).
+
+    A NamedTuple (immutable; cheaper to build than a frozen dataclass, one per certificate).
 
     ``cryptography`` re-encodes ``tbs_certificate_bytes`` on every access and builds Python
     objects for the issuer and subject Names; a chain check needs only the signed bytes, the
@@ -56,6 +61,11 @@ class CertDer:
     issuer: bytes  # issuer Name, DER
     subject: bytes  # subject Name, DER
     signature_algorithm: bytes  # the outer signatureAlgorithm AlgorithmIdentifier, DER
+    #: Offset in ``tbs`` of subjectPublicKeyInfo (the field after the subject): extension
+    #: lookups start there instead of re-reading the fields before it. 0: not known.
+    spki_at: int = 0
+    #: The subject's CN (:func:`name_cn`), when computed once up front (trust anchors).
+    subject_cn: str | None = None
 
 
 def _bad(what: str, detail: str) -> CollateralError:
@@ -109,11 +119,19 @@ def cert_der(cert: x509.Certificate, data: bytes, *, what: str = "certificate") 
             issuer=issuer,
             subject=data[pos:subject_end],
             signature_algorithm=data[tbs_end:alg_end],
+            spki_at=subject_end - start,
         )
     except CollateralError as exc:
         if exc.code == "CERT_CHAIN_INVALID":
             raise
         raise _bad(what, exc.message) from exc
+
+
+def anchor_der(cert: x509.Certificate) -> CertDer:
+    """A trust anchor's parts, its subject CN included: anchors are sliced once and then serve
+    every verification, which shows each anchor's name in its chain."""
+    parts = cert_der(cert, cert.public_bytes(Encoding.DER), what="trust anchor")
+    return parts._replace(subject_cn=name_cn(parts.subject))
 
 
 _TAG_EXPLICIT_3: Final = 0xA3
@@ -130,6 +148,9 @@ def cert_extension_value(cert: CertDer, oid: bytes, *, what: str = "certificate"
     header = der.header
     try:
         _, pos, end = header(data, 0, len(data))
+        if cert.spki_at:
+            # cert_der read (and bounds-checked) every field before subjectPublicKeyInfo.
+            pos = cert.spki_at
         found: bytes | None = None
         while pos < end:
             tag, start, field_end = header(data, pos, end)
@@ -143,7 +164,18 @@ def cert_extension_value(cert: CertDer, oid: bytes, *, what: str = "certificate"
                 tag, e_start, e_end = header(data, ext_pos, exts_end)
                 if tag != der.TAG_SEQUENCE:
                     raise _bad(what, "an extension is not a SEQUENCE")
-                otag, ostart, oend = header(data, e_start, e_end)
+                if (
+                    e_start + 2 <= e_end
+                    and data[e_start] == der.TAG_OID
+                    and data[e_start + 1] < 0x80
+                ):
+                    # The extnID in the short form, read as `header` reads it (same bounds).
+                    otag, ostart = der.TAG_OID, e_start + 2
+                    oend = ostart + data[e_start + 1]
+                    if oend > e_end:
+                        otag, ostart, oend = header(data, e_start, e_end)  # raises, as before
+                else:
+                    otag, ostart, oend = header(data, e_start, e_end)
                 if otag == der.TAG_OID and data[ostart:oend] == oid:
                     if found is not None:
                         raise _bad(what, "an extension appears twice")
@@ -166,6 +198,22 @@ def name_cn(name: bytes) -> str | None:
 
     For display and CA-kind detection only: name *matching* compares whole DER Names.
     """
+    # Intel's names start with their CN, all lengths in the short form: read those
+    # bytes directly, with the same tag and bound checks the walk below makes on them.
+    if len(name) >= 13 and name[6:11] == _CN_OID_TLV and name[0:5:2] == _SEQ_SET_SEQ:
+        end, set_end, atv_end, vend = 2 + name[1], 4 + name[3], 6 + name[5], 13 + name[12]
+        short_forms = name[1] | name[3] | name[5] | name[12] < 0x80  # each length byte < 0x80
+        if short_forms and vend <= atv_end <= set_end <= end <= len(name):
+            codec = _STRING_CODECS.get(name[11])
+            try:
+                return None if codec is None else name[13:vend].decode(codec)
+            except UnicodeDecodeError:
+                return None
+    return _name_cn_walk(name)
+
+
+def _name_cn_walk(name: bytes) -> str | None:
+    """:func:`name_cn` for any Name: every RDN and attribute in order."""
     header = der.header
     try:
         tag, pos, end = header(name, 0, len(name))

@@ -10,9 +10,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from nacre.limits import VERIFY_CACHE_ENTRIES
 
@@ -21,8 +20,9 @@ __all__ = ["VerifyCache", "Window", "default_cache"]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
+class Window(NamedTuple):
+    """A validity window (a NamedTuple: a cold verification builds about ten)."""
+
     not_before: datetime
     not_after: datetime
 

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TypeGuard
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nacre.collateral.trust import SIM_ROOT_CA_CN
 from nacre.collateral.x509_der import (
     CertDer,
+    anchor_der,
     cert_der,
     cert_extension_value,
     name_cn,
@@ -31,6 +32,7 @@ __all__ = [
     "check_time",
     "cn",
     "decoding",
+    "is_ec_key",
     "refuse_simulation",
     "verify_chain_to_anchor",
 ]
@@ -135,7 +137,24 @@ def check_time(
 @functools.lru_cache(maxsize=64)
 def _anchor_der(cert: x509.Certificate) -> CertDer:
     """A trust anchor's DER parts, computed once per anchor."""
-    return cert_der(cert, cert.public_bytes(serialization.Encoding.DER), what="trust anchor")
+    return anchor_der(cert)
+
+
+#: P-256's generator, uncompressed: a point every build of `cryptography` decodes.
+_P256_G: Final = bytes.fromhex(
+    "04"
+    "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
+    "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
+)
+#: The concrete class of `cryptography`'s EC public keys.
+_EC_KEY_TYPE: Final = type(ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), _P256_G))
+
+
+def is_ec_key(key: object) -> TypeGuard[ec.EllipticCurvePublicKey]:
+    """``isinstance(key, EllipticCurvePublicKey)``. That test runs the ABC machinery in Python
+    (about a microsecond, several times per verification); the exact type test decides the usual
+    case first, and the ABC test every other."""
+    return type(key) is _EC_KEY_TYPE or isinstance(key, ec.EllipticCurvePublicKey)
 
 
 def _ecdsa_alg_der(oid: bytes) -> bytes:
@@ -164,7 +183,7 @@ def _der_signed_by(child: CertDer, parent: CertDer) -> bool:
     algorithm = _ECDSA_BY_ALG_DER.get(child.signature_algorithm)
     if algorithm is not None and child.issuer == parent.subject:
         key = parent.cert.public_key()
-        if isinstance(key, ec.EllipticCurvePublicKey):
+        if is_ec_key(key):
             try:
                 key.verify(child.signature, child.tbs, algorithm)
             except InvalidSignature:
@@ -178,7 +197,7 @@ def _der_signed_by(child: CertDer, parent: CertDer) -> bool:
 
 
 def _link_name(cert: CertDer) -> str:
-    name = name_cn(cert.subject)
+    name = cert.subject_cn if cert.subject_cn is not None else name_cn(cert.subject)
     return name if name is not None else cn(cert.cert)
 
 
@@ -227,7 +246,11 @@ def verify_chain_to_anchor(
     certificates are sliced here.
     """
     with decoding(what):
-        certs = [_as_der(c, f"{what} certificate {i}") for i, c in enumerate(chain)]
+        # Labels are built only for what is not sliced yet (they name errors, rarely needed).
+        certs = [
+            c if isinstance(c, CertDer) else _as_der(c, f"{what} certificate {i}")
+            for i, c in enumerate(chain)
+        ]
         roots = [
             _anchor_der(a) if isinstance(a, x509.Certificate) else _as_der(a, "trust anchor")
             for a in anchors
@@ -355,7 +378,7 @@ def _undecodable(what: str, exc: Exception) -> CollateralError:
 def _crl_signed_by(
     crl: x509.CertificateRevocationList, pub: object, parts: tuple[bytes, bytes, bytes] | None
 ) -> bool:
-    if isinstance(pub, ec.EllipticCurvePublicKey):
+    if is_ec_key(pub):
         # Direct ECDSA check over the TBS bytes read from the DER (cryptography re-encodes them
         # on every tbs_certlist_bytes access, which costs as much as the signature check).
         algorithm = crl.signature_hash_algorithm

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -36,6 +35,7 @@ from nacre.verify.chain import (
     check_not_revoked,
     check_time,
     decoding,
+    is_ec_key,
     verify_chain_to_anchor,
 )
 from nacre.verify.result import (
@@ -112,7 +112,7 @@ def _attestation_key(raw: bytes) -> ec.EllipticCurvePublicKey:
 
 def _ec_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
     key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+    if not is_ec_key(key) or key.curve.name != "secp256r1":
         raise CollateralError(
             f"{what} key is not ECDSA P-256",
             code="CERT_CHAIN_INVALID",
@@ -123,22 +123,21 @@ def _ec_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
-@dataclass(frozen=True, slots=True)
-class _Chain:
+# Collateral results are NamedTuples: immutable, and cheaper to build than frozen dataclasses
+# (each cold verification builds them all).
+class _Chain(NamedTuple):
     certs: tuple[x509.Certificate, ...]  # leaf ... anchor
     leaf: CertDer
     links: tuple[ChainLink, ...]
     windows: tuple[Window, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _RootCrl:
+class _RootCrl(NamedTuple):
     crl: x509.CertificateRevocationList
     window: Window
 
 
-@dataclass(frozen=True, slots=True)
-class _Pck:
+class _Pck(NamedTuple):
     key: ec.EllipticCurvePublicKey
     ext: PckExtensions
     ca: str
@@ -147,8 +146,7 @@ class _Pck:
     cpu_svn_hex: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class _Signed:
+class _Signed(NamedTuple):
     tcb_info: TcbInfo | None
     identity: EnclaveIdentity | None
     links: tuple[ChainLink, ...]
@@ -459,53 +457,49 @@ def _module_status(tcb_info: TcbInfo, td: TdReport10) -> StatusWithAdvisories | 
     )
 
 
-def _hex(b: bytes) -> str:
-    return b.hex()
-
-
 def _claims(quote: DcapQuote, pck: _Pck) -> dict[str, object]:
     body = quote.body
     common = {"fmspc": pck.ext.fmspc.hex(), "pck_ca": pck.ca, "pce_svn": pck.ext.pce_svn}
     if isinstance(body, EnclaveReportBody):
         return {
-            "mrenclave": _hex(body.mr_enclave),
-            "mrsigner": _hex(body.mr_signer),
+            "mrenclave": body.mr_enclave.hex(),
+            "mrsigner": body.mr_signer.hex(),
             "isv_prod_id": body.isv_prod_id,
             "isv_svn": body.isv_svn,
-            "attributes": _hex(body.attributes),
+            "attributes": body.attributes.hex(),
             "debug": body.debug,
-            "report_data": _hex(body.report_data),
-            "config_id": _hex(body.config_id),
+            "report_data": body.report_data.hex(),
+            "config_id": body.config_id.hex(),
             "config_svn": body.config_svn,
-            "cpu_svn": _hex(body.cpu_svn),
+            "cpu_svn": body.cpu_svn.hex(),
             "misc_select": body.misc_select,
-            "isv_family_id": _hex(body.isv_family_id),
-            "isv_ext_prod_id": _hex(body.isv_ext_prod_id),
+            "isv_family_id": body.isv_family_id.hex(),
+            "isv_ext_prod_id": body.isv_ext_prod_id.hex(),
             **common,
         }
     claims: dict[str, object] = {
-        "mr_td": _hex(body.mr_td),
-        "rtmr0": _hex(body.rtmr0),
-        "rtmr1": _hex(body.rtmr1),
-        "rtmr2": _hex(body.rtmr2),
-        "rtmr3": _hex(body.rtmr3),
-        "mr_config_id": _hex(body.mr_config_id),
-        "mr_owner": _hex(body.mr_owner),
-        "mr_owner_config": _hex(body.mr_owner_config),
-        "td_attributes": _hex(body.td_attributes),
-        "xfam": _hex(body.xfam),
+        "mr_td": body.mr_td.hex(),
+        "rtmr0": body.rtmr0.hex(),
+        "rtmr1": body.rtmr1.hex(),
+        "rtmr2": body.rtmr2.hex(),
+        "rtmr3": body.rtmr3.hex(),
+        "mr_config_id": body.mr_config_id.hex(),
+        "mr_owner": body.mr_owner.hex(),
+        "mr_owner_config": body.mr_owner_config.hex(),
+        "td_attributes": body.td_attributes.hex(),
+        "xfam": body.xfam.hex(),
         "debug": body.debug,
         "sept_ve_disable": body.sept_ve_disable,
-        "report_data": _hex(body.report_data),
-        "tee_tcb_svn": _hex(body.tee_tcb_svn),
-        "mr_seam": _hex(body.mr_seam),
-        "mr_signer_seam": _hex(body.mr_signer_seam),
-        "seam_attributes": _hex(body.seam_attributes),
+        "report_data": body.report_data.hex(),
+        "tee_tcb_svn": body.tee_tcb_svn.hex(),
+        "mr_seam": body.mr_seam.hex(),
+        "mr_signer_seam": body.mr_signer_seam.hex(),
+        "seam_attributes": body.seam_attributes.hex(),
         **common,
     }
     if isinstance(body, TdReport15):
-        claims["tee_tcb_svn2"] = _hex(body.tee_tcb_svn2)
-        claims["mr_service_td"] = _hex(body.mr_servicetd)
+        claims["tee_tcb_svn2"] = body.tee_tcb_svn2.hex()
+        claims["mr_service_td"] = body.mr_servicetd.hex()
     return claims
 
 
