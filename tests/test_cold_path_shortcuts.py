@@ -11,45 +11,26 @@ from __future__ import annotations
 
 import base64
 import binascii
-import warnings
 from typing import Any
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.utils import CryptographyDeprecationWarning
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nacre.collateral import certs, der, tcb_info, x509_der
-from nacre.collateral.certs import load_pem_chain, load_pem_chain_der
+from nacre.collateral.certs import load_pem_chain_der
 from nacre.collateral.trust import TrustRoots
 from nacre.collateral.x509_der import CertDer, cert_der, cert_extension_value, name_cn
 from nacre.errors import CollateralError
-from nacre.evidence import parse_quote
 from nacre.verify.chain import is_ec_key
-from vectors import VECTORS_DIR
+from vectors import VECTORS_DIR, vector_certs
 
 _DER = serialization.Encoding.DER
 
 
-def _vector_certs() -> list[x509.Certificate]:
-    out: list[x509.Certificate] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        for path in sorted(VECTORS_DIR.glob("*/*")):
-            data = path.read_bytes()
-            if path.name == "quote.bin":
-                out += load_pem_chain(parse_quote(data).pck_chain_pem, field=path.name)
-            elif path.suffix == ".pem" and b"BEGIN CERTIFICATE" in data:
-                out += load_pem_chain(data, field=path.name)
-            elif path.suffix == ".der" and "crl" not in path.name:
-                out.append(x509.load_der_x509_certificate(data))
-    return out
-
-
-CERTS = _vector_certs()
+CERTS = vector_certs()
 PARTS = [cert_der(c, c.public_bytes(_DER)) for c in CERTS]
 NAMES = sorted({p.subject for p in PARTS} | {p.issuer for p in PARTS})
 

@@ -35,28 +35,12 @@ from nacre.collateral.x509_der import CertDer, cert_der, cert_extension_value, n
 from nacre.errors import CollateralError, NacreError
 from nacre.evidence import parse_quote
 from nacre.verify.chain import cn, verify_chain_to_anchor
-from vectors import VECTORS_DIR, load_cases
+from vectors import load_cases, vector_certs
 
 _DER = serialization.Encoding.DER
 
 
-def _vector_certs() -> list[x509.Certificate]:
-    """Every certificate the vectors hold: PCK chains in quotes, issuer chains, AMD certs."""
-    out: list[x509.Certificate] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        for path in sorted(VECTORS_DIR.glob("*/*")):
-            data = path.read_bytes()
-            if path.name == "quote.bin":
-                out += load_pem_chain(parse_quote(data).pck_chain_pem, field=path.name)
-            elif path.suffix == ".pem" and b"BEGIN CERTIFICATE" in data:
-                out += load_pem_chain(data, field=path.name)
-            elif path.suffix == ".der" and "crl" not in path.name:
-                out.append(x509.load_der_x509_certificate(data))
-    return out
-
-
-VECTOR_CERTS = _vector_certs()
+VECTOR_CERTS = vector_certs()
 
 
 def test_vectors_hold_many_certificates() -> None:

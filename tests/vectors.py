@@ -7,6 +7,7 @@ for case in load_cases(tee=("sgx", "tdx")):
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,9 +15,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from nacre import CollateralBundle
+from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 
-__all__ = ["VECTORS_DIR", "VectorCase", "load_case", "load_cases"]
+from nacre import CollateralBundle
+from nacre.collateral.certs import load_pem_chain
+from nacre.evidence import parse_quote
+
+__all__ = ["VECTORS_DIR", "VectorCase", "load_case", "load_cases", "vector_certs"]
 
 #: ``shared/vectors`` next to the checkout (this file is ``<root>/main/tests/vectors.py``).
 VECTORS_DIR = Path(__file__).resolve().parents[2] / "shared" / "vectors"
@@ -97,3 +103,19 @@ def load_cases(tee: Iterable[str] | None = None) -> list[VectorCase]:
     """Every case of ``index.json`` (optionally only the given TEEs), in index order."""
     wanted = None if tee is None else set(tee)
     return [load_case(i) for i, c in _index().items() if wanted is None or c["tee"] in wanted]
+
+
+def vector_certs() -> list[x509.Certificate]:
+    """Every certificate the vectors hold: PCK chains in quotes, issuer chains, AMD certs."""
+    out: list[x509.Certificate] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        for path in sorted(VECTORS_DIR.glob("*/*")):
+            data = path.read_bytes()
+            if path.name == "quote.bin":
+                out += load_pem_chain(parse_quote(data).pck_chain_pem, field=path.name)
+            elif path.suffix == ".pem" and b"BEGIN CERTIFICATE" in data:
+                out += load_pem_chain(data, field=path.name)
+            elif path.suffix == ".der" and "crl" not in path.name:
+                out.append(x509.load_der_x509_certificate(data))
+    return out
