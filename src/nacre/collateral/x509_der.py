@@ -12,8 +12,6 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from nacre.collateral import der
@@ -68,17 +66,6 @@ class CertDer(NamedTuple):
     spki_at: int = 0
     #: The subject's CN (:func:`name_cn`), when computed once up front (trust anchors).
     subject_cn: str | None = None
-    #: The certificate's public key, decoded once when the parts are sliced; None when
-    #: `cryptography` could not decode it (:meth:`key` then raises its error where it is used).
-    #: Every use shares this one key object: OpenSSL charges each new key object on its first
-    #: verification, and a cold DCAP verification uses the PCK CA's, the TCB signer's and the
-    #: root's keys twice or three times each.
-    public_key: CertificatePublicKeyTypes | None = None
-
-    def key(self) -> CertificatePublicKeyTypes:
-        """The public key (:attr:`public_key`, else decoded now, raising what `cryptography`
-        raises for a key it cannot decode)."""
-        return self.public_key if self.public_key is not None else self.cert.public_key()
 
 
 def _bad(what: str, detail: str) -> CollateralError:
@@ -133,19 +120,11 @@ def cert_der(cert: x509.Certificate, data: bytes, *, what: str = "certificate") 
             subject=data[pos:subject_end],
             signature_algorithm=data[tbs_end:alg_end],
             spki_at=subject_end - start,
-            public_key=_public_key_or_none(cert),
         )
     except CollateralError as exc:
         if exc.code == "CERT_CHAIN_INVALID":
             raise
         raise _bad(what, exc.message) from exc
-
-
-def _public_key_or_none(cert: x509.Certificate) -> CertificatePublicKeyTypes | None:
-    try:
-        return cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return None
 
 
 def anchor_der(cert: x509.Certificate) -> CertDer:

@@ -12,7 +12,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from nacre.collateral.trust import SIM_ROOT_CA_CN
 from nacre.collateral.x509_der import (
@@ -35,7 +34,6 @@ __all__ = [
     "decoding",
     "is_ec_key",
     "refuse_simulation",
-    "verify_chain_parts",
     "verify_chain_to_anchor",
 ]
 
@@ -184,7 +182,7 @@ def _der_signed_by(child: CertDer, parent: CertDer) -> bool:
     """
     algorithm = _ECDSA_BY_ALG_DER.get(child.signature_algorithm)
     if algorithm is not None and child.issuer == parent.subject:
-        key = parent.key()
+        key = parent.cert.public_key()
         if is_ec_key(key):
             try:
                 key.verify(child.signature, child.tbs, algorithm)
@@ -247,30 +245,6 @@ def verify_chain_to_anchor(
     :func:`nacre.collateral.certs.load_pem_chain_der` and ``TrustRoots.intel_der``); plain
     certificates are sliced here.
     """
-    parts, links, windows = verify_chain_parts(
-        chain,
-        anchors,
-        now,
-        what=what,
-        roles=roles,
-        expired_code=expired_code,
-        early_code=early_code,
-    )
-    return tuple(c.cert for c in parts), links, windows
-
-
-def verify_chain_parts(
-    chain: Sequence[x509.Certificate] | Sequence[CertDer],
-    anchors: Sequence[x509.Certificate] | Sequence[CertDer],
-    now: datetime,
-    *,
-    what: str,
-    roles: Sequence[str] = (),
-    expired_code: str = "COLLATERAL_EXPIRED",
-    early_code: str = "COLLATERAL_NOT_YET_VALID",
-) -> tuple[tuple[CertDer, ...], tuple[ChainLink, ...], tuple[Window, ...]]:
-    """:func:`verify_chain_to_anchor`, returning the certificates as :class:`CertDer` (their
-    decoded keys included, for the caller's own signature checks)."""
     with decoding(what):
         # Labels are built only for what is not sliced yet (they name errors, rarely needed).
         certs = [
@@ -300,7 +274,7 @@ def _verify_chain(
     roles: Sequence[str],
     expired_code: str,
     early_code: str,
-) -> tuple[tuple[CertDer, ...], tuple[ChainLink, ...], tuple[Window, ...]]:
+) -> tuple[tuple[x509.Certificate, ...], tuple[ChainLink, ...], tuple[Window, ...]]:
     if not certs:
         raise CollateralError(
             f"{what} is empty", code="CERT_CHAIN_INVALID", field=what, expected=">= 1", actual="0"
@@ -351,7 +325,7 @@ def _verify_chain(
                 expected="CA:TRUE",
                 actual="CA:FALSE or absent",
             )
-    return tuple(full), tuple(links), tuple(windows)
+    return tuple(c.cert for c in full), tuple(links), tuple(windows)
 
 
 def _refuse_untrusted(
@@ -433,16 +407,14 @@ def check_crl(
     what: str,
     hint: str | None = None,
     parts: tuple[bytes, bytes, bytes] | None = None,
-    key: CertificatePublicKeyTypes | None = None,
 ) -> Window:
     """The CRL is signed by ``issuer``'s key (which binds it to that CA) and current at ``now``.
 
     ``parts``, when given, is :func:`~nacre.collateral.x509_der.crl_signed_parts` of the CRL's
-    DER (the signed bytes then come from it, not from re-encoding). ``key``, when given, is
-    ``issuer``'s public key already decoded (:meth:`CertDer.key`).
+    DER (the signed bytes then come from it, not from re-encoding).
     """
     with decoding(what):
-        valid = _crl_signed_by(crl, issuer.public_key() if key is None else key, parts)
+        valid = _crl_signed_by(crl, issuer.public_key(), parts)
         if not valid:
             refuse_simulation(crl.issuer, (issuer,), what)
             other = crl.issuer != issuer.subject

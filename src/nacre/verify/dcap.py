@@ -36,7 +36,7 @@ from nacre.verify.chain import (
     check_time,
     decoding,
     is_ec_key,
-    verify_chain_parts,
+    verify_chain_to_anchor,
 )
 from nacre.verify.result import (
     ChainLink,
@@ -110,8 +110,8 @@ def _attestation_key(raw: bytes) -> ec.EllipticCurvePublicKey:
     return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
 
 
-def _ec_key(cert: CertDer, what: str) -> ec.EllipticCurvePublicKey:
-    key = cert.key()
+def _ec_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
     if not is_ec_key(key) or key.curve.name != "secp256r1":
         raise CollateralError(
             f"{what} key is not ECDSA P-256",
@@ -126,7 +126,8 @@ def _ec_key(cert: CertDer, what: str) -> ec.EllipticCurvePublicKey:
 # Collateral results are NamedTuples: immutable, and cheaper to build than frozen dataclasses
 # (each cold verification builds them all).
 class _Chain(NamedTuple):
-    certs: tuple[CertDer, ...]  # leaf ... anchor
+    certs: tuple[x509.Certificate, ...]  # leaf ... anchor
+    leaf: CertDer
     links: tuple[ChainLink, ...]
     windows: tuple[Window, ...]
 
@@ -176,10 +177,10 @@ class _Collateral:
 
         def compute() -> tuple[_Chain, tuple[Window, ...]]:
             ders = load_pem_chain_der(pem, field=what, known=self.anchors)
-            certs, links, windows = verify_chain_parts(
+            certs, links, windows = verify_chain_to_anchor(
                 ders, self.anchors, self.now, what=what, roles=roles
             )
-            return _Chain(certs, links, windows), windows
+            return _Chain(certs, ders[0], links, windows), windows
 
         return self.cache.get_or_compute(("chain", self.akey, pem), self.now, compute)
 
@@ -192,14 +193,12 @@ class _Collateral:
             crl = load_crl(der, field="root_ca_crl.der")
             parts = crl_signed_parts(der, what="root_ca_crl.der")
             match = [a for a in self.anchors if a.subject == parts[2]]
-            anchor = (match or list(self.anchors))[0]
             window = check_crl(
                 crl,
-                anchor.cert,
+                (match or list(self.anchors))[0].cert,
                 self.now,
                 what="Intel SGX Root CA CRL",
                 parts=parts,
-                key=anchor.key(),
             )
             return _RootCrl(crl, window), (window,)
 
@@ -228,10 +227,7 @@ class _Collateral:
             leaf, ca_cert = chain[0], chain[1]
             for ca_or_intermediate in chain[1:-1]:
                 check_not_revoked(
-                    ca_or_intermediate.cert,
-                    root.crl,
-                    what="PCK CA certificate",
-                    code="PCK_REVOKED",
+                    ca_or_intermediate, root.crl, what="PCK CA certificate", code="PCK_REVOKED"
                 )
             der = crl_der(raw_crl, field="pck_crl.der")
             crl = load_crl(der, field="pck_crl.der")
@@ -239,16 +235,15 @@ class _Collateral:
                 ca = ca_kind_from_cn(links[1].subject)
                 crl_window = check_crl(
                     crl,
-                    ca_cert.cert,
+                    ca_cert,
                     self.now,
                     what="PCK CRL",
                     parts=crl_signed_parts(der, what="pck_crl.der"),
-                    key=ca_cert.key(),
                     hint=f"the PCK certificate was issued by the {ca} CA: fetch the PCK CRL "
                     f"with ca={ca} (nacre collateral fetch EVIDENCE)",
                 )
-                check_not_revoked(leaf.cert, crl, what="PCK certificate", code="PCK_REVOKED")
-                ext = parse_pck_extensions_der(leaf)
+                check_not_revoked(leaf, crl, what="PCK certificate", code="PCK_REVOKED")
+                ext = parse_pck_extensions_der(verified.leaf)
                 pck = _Pck(
                     _ec_key(leaf, "PCK certificate"),
                     ext,
@@ -301,7 +296,7 @@ class _Collateral:
             chain, links, windows = verified.certs, verified.links, verified.windows
             leaf = chain[0]
             check_not_revoked(
-                leaf.cert, root.crl, what=f"{label} signing certificate", code="CERT_REVOKED"
+                leaf, root.crl, what=f"{label} signing certificate", code="CERT_REVOKED"
             )
             with decoding(f"{label} signing certificate"):
                 key = _ec_key(leaf, f"{label} signing")
@@ -310,7 +305,7 @@ class _Collateral:
                     f"the {label} signature does not verify",
                     code=sig_code,
                     field=f"{body_name} signature",
-                    expected=f"ECDSA P-256 signature by '{leaf.cert.subject.rfc4514_string()}'",
+                    expected=f"ECDSA P-256 signature by '{leaf.subject.rfc4514_string()}'",
                     actual="invalid signature",
                     hint=f"the {label} was altered or comes from another signer; {_REFETCH}",
                 )
