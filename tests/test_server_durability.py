@@ -1,5 +1,7 @@
-"""kill -9 of ``nacre serve`` in the middle of an admin write load, then restart on the same state:
-every acknowledged (2xx) write is there, readable, audited, and the audit chain verifies.
+"""kill -9 of ``nacre serve`` in the middle of an admin write load and of KBS releases, then restart
+on the same state: every acknowledged (2xx) write is there, readable, audited, every released
+secret has its audit entry (on SQLite the KBS lane commits those without waiting for the disk and
+syncs the WAL before it answers), and the audit chain verifies.
 
 The server is a real subprocess (``nacre serve``), on SQLite (the embedded default, in the data
 directory) and on PostgreSQL (a fresh schema, dropped afterwards; PostgreSQL must be up: these
@@ -9,6 +11,7 @@ tests fail, never skip, when it is not).
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import threading
 import time
@@ -19,6 +22,7 @@ from typing import Final
 import httpx
 import pytest
 
+from nacre.sdk import KbsClient
 from nacre.sim import SimPlatform
 from nacre.store import default_url, open_store, verify_chain
 from nacre.tee.sim import SimBackend
@@ -97,6 +101,41 @@ class WriteLoad:
         assert not any(th.is_alive() for th in self.threads)
 
 
+RELEASED: Final = "rel/key/model"
+
+
+class ReleaseLoad:
+    """One thread doing full KBS handshakes for :data:`RELEASED` until the server stops
+    answering; ``released`` holds the EAR ``jti`` of every secret that arrived."""
+
+    def __init__(self, server: ServeProcess, platform: SimPlatform) -> None:
+        self.server = server
+        self.backend = SimBackend(platform)
+        self.released: list[str] = []
+        self.wrong: list[str] = []  # a release that was not the registered secret
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with KbsClient(self.server.url, backend=self.backend, get_retries=0) as kbs:
+                    data = kbs.get_resource(RELEASED)
+                    token = kbs.token
+            except Exception:
+                return
+            if data != _payload(RELEASED) or token is None:
+                self.wrong.append(repr(data[:40]))
+                continue
+            claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+            self.released.append(str(claims["jti"]))
+
+    def join(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
 def test_sigkill_mid_write_load_then_restart_keeps_every_acknowledged_write(
     database: str, tmp_path: Path
 ) -> None:
@@ -105,13 +144,28 @@ def test_sigkill_mid_write_load_then_restart_keeps_every_acknowledged_write(
 
     first = start_serve(data_dir, sim_dir, log, database=url_arg)
     try:
+        with httpx.Client(base_url=first.url, timeout=10.0) as http:
+            put = http.put(
+                f"/admin/v1/resources/{RELEASED}",
+                json={"data": base64.b64encode(_payload(RELEASED)).decode("ascii")},
+                headers=first.admin_headers(),
+            )
+            assert put.status_code == 200, put.text
+        releases = ReleaseLoad(first, SimPlatform.load_or_init(sim_dir))
+        releases.thread.start()
         load = WriteLoad(first)
         load.start()
         load.wait_for(ACKS_BEFORE_KILL)
+        deadline = time.monotonic() + LOAD_DEADLINE_SECONDS
+        while len(releases.released) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         status = first.sigkill()  # in the middle of the load: the writers are still going
     finally:
         first.stop()
     load.join()
+    releases.join()
+    assert not releases.wrong, releases.wrong
+    assert len(releases.released) >= 3, first.log_tail()
 
     assert status == -signal.SIGKILL
     assert not load.refused, load.refused[:5]
@@ -133,7 +187,7 @@ def test_sigkill_mid_write_load_then_restart_keeps_every_acknowledged_write(
             names = {x["name"] for x in listed.json()["resources"]}
             assert set(acked) <= names
             # Nothing but what was sent: unacknowledged writes may have landed, nothing else.
-            assert all(n.startswith("load/w") for n in names)
+            assert all(n.startswith("load/w") or n == RELEASED for n in names)
 
             online = http.get("/admin/v1/audit/verify", headers=headers)
             assert online.status_code == 200
@@ -167,3 +221,9 @@ def test_sigkill_mid_write_load_then_restart_keeps_every_acknowledged_write(
         }
         assert set(acked) <= puts
         assert "load/after/restart" in puts
+        released = {
+            e.actor
+            for e in store.audit_entries()
+            if e.action == "resource.release" and e.outcome == "released"
+        }
+        assert {f"ear:{jti}" for jti in releases.released} <= released
