@@ -101,9 +101,10 @@ def _primary_quote(tee_evidence: Any) -> tuple[bytes, str]:
 
 @dataclass(frozen=True, slots=True)
 class KbsHandlers:
-    """The three KBS operations, as blocking functions of the parsed request (run on the
-    service's worker threads by :class:`nacre.server.kbs_lane.KbsLane`, which serves the HTTP
-    side). Each returns the response or raises a :class:`Problem`."""
+    """The three KBS operations, as blocking functions of the parsed request, run by
+    :class:`nacre.server.kbs_lane.KbsLane` (which serves the HTTP side) on the event loop with
+    SQLite, on the service's worker threads with PostgreSQL. Each returns the response or
+    raises a :class:`Problem`."""
 
     #: RCAR request: a session (cookie ``kbs-session-id``) and its challenge nonce.
     auth: Callable[[KbsAuthRequest], JSONResponse]
