@@ -390,7 +390,8 @@ def test_workers_out_of_range_is_a_usage_error(count: str, tmp_path: Path) -> No
 def test_workers_that_keep_failing_to_start_make_the_parent_give_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nacre.server.workers import ServeOptions, Supervisor, WorkersFailedError, bind_listener
+    from nacre.server.serve_setup import ServeOptions, bind_listener
+    from nacre.server.workers import Supervisor, WorkersFailedError
 
     monkeypatch.setenv("NACRE_SIM_DIR", str(tmp_path / "sim"))
     monkeypatch.delenv("NACRE_TEE", raising=False)

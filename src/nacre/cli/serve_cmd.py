@@ -23,11 +23,9 @@ from rich.markup import escape
 from nacre.errors import NacreError, UsageError
 from nacre.server import ADMIN_KEY_FILE, create_app
 from nacre.server.config import DEFAULT_MAINTENANCE_INTERVAL
-from nacre.server.workers import (
+from nacre.server.serve_setup import (
     MAX_WORKERS,
     ServeOptions,
-    Supervisor,
-    WorkersFailedError,
     bind_listener,
     bootstrap,
     check_worker_count,
@@ -35,6 +33,7 @@ from nacre.server.workers import (
     server_config,
     tls_certificate,
 )
+from nacre.server.workers import Supervisor, WorkersFailedError
 from nacre.store import default_url
 
 __all__ = ["default_data_dir", "serve_command"]
