@@ -4,15 +4,16 @@ One process serves at most about one core (the GIL). Every piece of shared state
 in the database, so several processes on one database are replicas (tests/test_server_replicas.py);
 ``--workers`` runs N of them on one data directory, one database and one listening socket:
 
-1. The parent does what must happen once (:func:`nacre.server.serve_setup.bootstrap`): it opens the data directory,
-   creates or unseals the KEK, runs the migrations and creates the bootstrap admin key; then it
-   binds and listens (:func:`~nacre.server.serve_setup.bind_listener`) and prints the URL, as a single process does.
+1. The parent does what must happen once (:func:`nacre.server.serve_setup.bootstrap`): it opens
+   the data directory, creates or unseals the KEK, runs the migrations and creates the bootstrap
+   admin key; then it binds and listens (:func:`~nacre.server.serve_setup.bind_listener`) and
+   prints the URL, as a single process does.
 2. :class:`Supervisor` starts N workers. Each is a fresh interpreter (``sys.executable -c ...``
    running :func:`worker_main`) that inherits only the listening socket and a readiness pipe
    (``pass_fds``) and gets the options as JSON in :data:`WORKER_ENV`; it rebuilds the
-   :class:`~nacre.server.ServerConfig` from them (:func:`~nacre.server.serve_setup.server_config`, the function the
-   parent used), builds its own app (own engine and connection pool, own thread pool) and
-   serves the inherited socket with uvicorn.
+   :class:`~nacre.server.ServerConfig` from them (:func:`~nacre.server.serve_setup.server_config`,
+   the function the parent used), builds its own app (own engine and connection pool, own thread
+   pool) and serves the inherited socket with uvicorn.
 
 Why spawn (fork + exec of a fresh interpreter) and not a bare ``fork``: the parent has imported
 uvicorn, SQLAlchemy, cryptography and the store, and has opened the database, unsealed the KEK and
