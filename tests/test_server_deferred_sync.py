@@ -85,3 +85,21 @@ def test_a_cancelled_waiter_does_not_cancel_the_shared_sync() -> None:
             assert len(disk.synced_upto) == 2  # both syncs ran to the end
 
     asyncio.run(main())
+
+
+def test_waiters_are_failed_not_left_hanging_when_no_sync_can_start() -> None:
+    disk = FakeDisk(seconds=0.05)
+
+    async def main() -> None:
+        pool = ThreadPoolExecutor(1)
+        ds = DeferredSync(disk.sync, pool)
+        first = asyncio.ensure_future(ds.wait())
+        await asyncio.sleep(0.01)  # the first sync is running
+        queued = asyncio.ensure_future(ds.wait())  # waits for the next one
+        await asyncio.sleep(0)
+        pool.shutdown(wait=False)  # the next sync cannot be scheduled
+        await first
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(queued, timeout=5)
+
+    asyncio.run(main())

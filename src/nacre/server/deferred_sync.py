@@ -70,7 +70,12 @@ class DeferredSync:
         if waiters is None:
             return
         state.next_one = None
-        state.running = self._start(loop, state)
+        try:
+            state.running = self._start(loop, state)
+        except Exception as exc:  # e.g. the executor was shut down: the waiters must not hang
+            if not waiters.done():
+                waiters.set_exception(exc)
+            return
         state.running.add_done_callback(lambda ended: _settle(waiters, ended))
 
 
