@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from nacre.collateral.signed_json import SignedJson, parse_signed_json
-from nacre.collateral.tcb_info import _bad, _Fields, level_status_fast
+from nacre.collateral.tcb_info import _bad, _Fields, isvsvn_level_fast
 
 __all__ = ["EnclaveIdentity", "QeTcbLevel", "parse_qe_identity"]
 
@@ -71,16 +71,8 @@ def parse_qe_identity(body: bytes) -> EnclaveIdentity:
 
 def _level_fast(raw: Any) -> QeTcbLevel | None:
     """A well-formed level read with plain lookups, or None: :func:`_level` then names the error."""
-    if type(raw) is not dict:
-        return None
-    tcb = raw.get("tcb")
-    if type(tcb) is not dict:
-        return None
-    isvsvn = tcb.get("isvsvn")
-    common = level_status_fast(raw)
-    if type(isvsvn) is not int or not 0 <= isvsvn <= 0xFFFF or common is None:
-        return None
-    return QeTcbLevel(isvsvn, *common)
+    fields = isvsvn_level_fast(raw, 0xFFFF)
+    return None if fields is None else QeTcbLevel(*fields)
 
 
 def _level(raw: Any, i: int) -> QeTcbLevel:

@@ -17,6 +17,7 @@ __all__ = [
     "TdxModule",
     "TdxModuleIdentity",
     "TdxModuleLevel",
+    "isvsvn_level_fast",
     "level_status_fast",
     "may_hold_bools",
     "parse_iso_time",
@@ -251,9 +252,10 @@ def level_status_fast(raw: dict[str, Any]) -> tuple[str, str, tuple[str, ...]] |
     return status, date, tuple(advisories)
 
 
-def _module_level_fast(raw: Any) -> TdxModuleLevel | None:
-    """A TDX module identity's level read with plain lookups (no field paths built), or None:
-    the field readers then read it and name what is wrong."""
+def isvsvn_level_fast(raw: Any, max_svn: int) -> tuple[int, str, str, tuple[str, ...]] | None:
+    """``(tcb.isvsvn, tcbStatus, tcbDate, advisoryIDs)`` of a level keyed by one ISVSVN (QE
+    identity, TDX module identity) read with plain lookups (no field paths built), or None: the
+    field readers then read it and name what is wrong."""
     if type(raw) is not dict:
         return None
     tcb = raw.get("tcb")
@@ -261,9 +263,14 @@ def _module_level_fast(raw: Any) -> TdxModuleLevel | None:
         return None
     isvsvn = tcb.get("isvsvn")
     common = level_status_fast(raw)
-    if type(isvsvn) is not int or not 0 <= isvsvn <= 255 or common is None:
+    if type(isvsvn) is not int or not 0 <= isvsvn <= max_svn or common is None:
         return None
-    return TdxModuleLevel(isvsvn, *common)
+    return (isvsvn, *common)
+
+
+def _module_level_fast(raw: Any) -> TdxModuleLevel | None:
+    fields = isvsvn_level_fast(raw, 255)
+    return None if fields is None else TdxModuleLevel(*fields)
 
 
 def _levels(raw: list[Any], version: int, is_tdx: bool, bools: bool) -> tuple[TcbLevel, ...]:
