@@ -28,6 +28,7 @@ from typing import Any, Final
 from nacre.store import ConflictError, KekSealer, Store
 from nacre.token import EarClaims, FileKeyringStore, Keyring, SigningKey, TokenError, verify_ear
 from nacre.token.errors import TOKEN_UNKNOWN_KEY
+from nacre.token.verified_tokens import VerifiedTokens
 
 __all__ = [
     "KEYRING_FILE",
@@ -69,6 +70,9 @@ class ServiceKeyring:
         self._ring: Keyring | None = None
         self._version = 0
         self._checked = 0.0  # time.monotonic() of the last version check
+        # Tokens this replica signed or verified: a hit skips the signature check only (times
+        # and the key's publication are checked at every use).
+        self._verified = VerifiedTokens()
 
     @property
     def version(self) -> int:
@@ -169,10 +173,17 @@ class ServiceKeyring:
         return self._ensure(now).jwks(now)
 
     def verify(self, token: str, now: datetime) -> EarClaims:
-        """Verify an EAR this service (any replica) issued; a foreign key stays refused."""
+        """Verify an EAR this service (any replica) issued; a foreign key stays refused.
+
+        A token this replica signed or already verified skips the signature check (the memo,
+        nacre.token.verified_tokens); its times and its key's publication are checked again."""
         ring = self._ensure(now)
         try:
-            return verify_ear(token, ring, now)
+            claims = self._verified.lookup(token, now, lambda kid: ring.get(kid, now) is not None)
+            if claims is None:
+                claims = verify_ear(token, ring, now)
+                self._verified.remember(token, claims)
+            return claims
         except TokenError as exc:
             if exc.code != TOKEN_UNKNOWN_KEY:
                 raise
@@ -180,7 +191,14 @@ class ServiceKeyring:
                 if self._store.keyring_version(self._purpose) == self._version:
                     raise
                 ring = self._load_locked() or ring
-            return verify_ear(token, ring, now)
+            claims = verify_ear(token, ring, now)
+            self._verified.remember(token, claims)
+            return claims
+
+    def remember_issued(self, token: str) -> None:
+        """Note a token this replica has just signed, so that verifying it here skips the
+        signature check (:meth:`verify`)."""
+        self._verified.remember_issued(token)
 
     def rotate(self, now: datetime, *, actor: str) -> tuple[SigningKey, bool]:
         """Rotate now: a new current key (the old one stays published until its tokens expire).

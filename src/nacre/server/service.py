@@ -156,13 +156,15 @@ class NacreService:
             sim=v.sim,
             init_data_claims=init_data,
         )
-        return issue_ear(
+        token = issue_ear(
             ear,
             self.keyring.signing_ring(now),
             now,
             self.config.token_ttl,
             issuer=self.config.issuer,
         )
+        self.keyring.remember_issued(token)
+        return token
 
     def sweep_now_and_then(self, now: datetime) -> None:
         """Delete expired sessions and nonces once every :data:`SWEEP_EVERY` new sessions."""

@@ -468,8 +468,53 @@ def verify_ear(
             "token signature does not verify", field="signature", actual=type(exc).__name__
         ) from None
     claims = _json_object(parts[1], "payload")
-
     # 5. Times: exp required, iat required, nbf optional.
+    _check_times(claims, now, leeway)
+    # 6. EAR shape.
+    ear = _ear_claims(kid, claims)
+    check_ear_binding(ear, issuer=issuer, nonce=nonce)
+    return ear
+
+
+def check_ear_times(ear: EarClaims, now: datetime, leeway: timedelta = DEFAULT_LEEWAY) -> None:
+    """Check a verified EAR's ``exp``/``iat``/``nbf`` against ``now`` again (a remembered
+    token: its signature was checked once, its times are checked at every use)."""
+    _numeric_date(now, "now")
+    _check_times(ear.raw, now, leeway)
+
+
+def check_ear_binding(ear: EarClaims, *, issuer: str | None, nonce: str | None) -> None:
+    """``issuer``/``nonce``, when given, must equal the token's ``iss``/``eat_nonce``."""
+    if issuer is not None and ear.raw.get("iss") != issuer:
+        raise _invalid(
+            "token issuer differs", field="iss", expected=issuer, actual=repr(ear.raw.get("iss"))
+        )
+    token_nonce = ear.raw.get("eat_nonce")
+    if nonce is not None and token_nonce != nonce:
+        raise _invalid(
+            "token nonce differs", field="eat_nonce", expected=nonce, actual=repr(token_nonce)
+        )
+
+
+def issued_ear_claims(token: str) -> EarClaims:
+    """The claims of a token :func:`issue_ear` just returned, parsed as :func:`verify_ear`
+    parses them once the signature is checked (for a :class:`~nacre.token.VerifiedTokens`
+    memo: this process signed it, so there is no signature to check)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise _invalid(
+            "token is not a compact JWS", field="token", expected="3 parts", actual=len(parts)
+        )
+    kid = _json_object(parts[0], "header").get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise _invalid("token names no key", field="kid", actual=repr(kid))
+    claims = _json_object(parts[1], "payload")
+    _timestamp(claims, "exp")
+    _timestamp(claims, "iat")
+    return _ear_claims(kid, claims)
+
+
+def _check_times(claims: Mapping[str, Any], now: datetime, leeway: timedelta) -> None:
     now_ts = now.astimezone(UTC).timestamp()
     slack = leeway.total_seconds()
     exp = _timestamp(claims, "exp")
@@ -498,7 +543,9 @@ def verify_ear(
             actual=datetime.fromtimestamp(nbf, UTC).isoformat(),
         )
 
-    # 6. EAR shape.
+
+def _ear_claims(kid: str, claims: dict[str, Any]) -> EarClaims:
+    """The EAR shape of a claims set whose times were parsed (exp and iat present)."""
     if claims.get("eat_profile") != EAR_PROFILE:
         raise _invalid(
             "token is not an EAR of this profile",
@@ -509,15 +556,7 @@ def verify_ear(
     verifier_id = claims.get("ear.verifier-id")
     if not isinstance(verifier_id, dict):
         raise _invalid("token has no verifier id", field="ear.verifier-id")
-    if issuer is not None and claims.get("iss") != issuer:
-        raise _invalid(
-            "token issuer differs", field="iss", expected=issuer, actual=repr(claims.get("iss"))
-        )
     token_nonce = claims.get("eat_nonce")
-    if nonce is not None and token_nonce != nonce:
-        raise _invalid(
-            "token nonce differs", field="eat_nonce", expected=nonce, actual=repr(token_nonce)
-        )
     raw_submods = claims.get("submods")
     if not isinstance(raw_submods, dict) or not raw_submods:
         raise _invalid("token has no submodule appraisals", field="submods")
@@ -558,8 +597,8 @@ def verify_ear(
     return EarClaims(
         kid=kid,
         profile=EAR_PROFILE,
-        issued_at=datetime.fromtimestamp(iat, UTC),
-        expires_at=datetime.fromtimestamp(exp, UTC),
+        issued_at=datetime.fromtimestamp(claims["iat"], UTC),
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         verifier_id=MappingProxyType(verifier_id),
         submods=MappingProxyType(submods),
         nonce=token_nonce if isinstance(token_nonce, str) else None,

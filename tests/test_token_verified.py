@@ -1,0 +1,165 @@
+"""The memo of verified EARs: a hit skips the signature check only; times and the key's
+publication are checked at every use; byte-identical tokens only; bounded; thread-safe."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from nacre.token.ear import EarInput, issue_ear, issued_ear_claims, verify_ear
+from nacre.token.errors import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_UNKNOWN_KEY, TokenError
+from nacre.token.jwe import public_jwk
+from nacre.token.keyring import Keyring
+from nacre.token.verified_tokens import VerifiedTokens
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+TTL = timedelta(minutes=5)
+NONCE = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq8w="
+
+
+def _input(**overrides: Any) -> EarInput:
+    fields: dict[str, Any] = {
+        "tee": "sgx",
+        "status": "affirming",
+        "trustworthiness_vector": {"instance-identity": 2, "hardware": 2},
+        "claims": {"mrenclave": "ab" * 32, "isv_svn": 3},
+        "policy_id": "default",
+        "tee_pubkey": public_jwk(ec.generate_private_key(ec.SECP256R1())),
+        "runtime_data": {"nonce": NONCE},
+        "nonce": NONCE,
+        "sim": True,
+    }
+    fields.update(overrides)
+    return EarInput(**fields)
+
+
+@pytest.fixture
+def ring() -> Keyring:
+    return Keyring.generate(T0, max_token_ttl=TTL)
+
+
+def _published(ring: Keyring, now: datetime) -> Any:
+    return lambda kid: ring.get(kid, now) is not None
+
+
+def test_issued_claims_equal_verified_claims(ring: Keyring) -> None:
+    token = issue_ear(_input(), ring, T0, TTL, issuer="me")
+    assert issued_ear_claims(token) == verify_ear(token, ring, T0)
+
+
+def test_remembered_token_hits_without_a_signature_check(ring: Keyring) -> None:
+    memo = VerifiedTokens()
+    token = issue_ear(_input(), ring, T0, TTL)
+    assert memo.lookup(token, T0, _published(ring, T0)) is None
+    remembered = memo.remember_issued(token)
+    now = T0 + timedelta(minutes=1)
+    # An empty ring: a full verification would refuse the key; the memo asks the caller instead.
+    assert memo.lookup(token, now, lambda kid: kid == remembered.kid) == remembered
+    assert len(memo) == 1
+
+
+def test_a_changed_byte_is_not_a_hit(ring: Keyring) -> None:
+    memo = VerifiedTokens()
+    token = issue_ear(_input(), ring, T0, TTL)
+    memo.remember_issued(token)
+    header, payload, sig = token.split(".")
+    flipped = sig[:-2] + ("A" if sig[-2] != "A" else "B") + sig[-1]
+    forged = f"{header}.{payload}.{flipped}"
+    assert memo.lookup(forged, T0, _published(ring, T0)) is None
+    with pytest.raises(TokenError) as caught:
+        verify_ear(forged, ring, T0)
+    assert caught.value.code == TOKEN_INVALID
+
+
+def test_times_are_checked_at_every_use(ring: Keyring) -> None:
+    memo = VerifiedTokens()
+    token = issue_ear(_input(), ring, T0, TTL)
+    memo.remember_issued(token)
+    late = T0 + TTL + timedelta(minutes=2)
+    with pytest.raises(TokenError) as caught:
+        memo.lookup(token, late, _published(ring, late))
+    assert caught.value.code == TOKEN_EXPIRED
+    assert caught.value.field == "exp"
+    assert len(memo) == 0  # a refused token is forgotten
+    memo.remember_issued(token)
+    early = T0 - timedelta(minutes=5)
+    with pytest.raises(TokenError) as caught:
+        memo.lookup(token, early, _published(ring, early))
+    assert caught.value.field == "iat"
+
+
+def test_a_key_no_longer_published_is_refused(ring: Keyring) -> None:
+    memo = VerifiedTokens()
+    token = issue_ear(_input(), ring, T0, TTL)
+    memo.remember_issued(token)
+    with pytest.raises(TokenError) as caught:
+        memo.lookup(token, T0, lambda kid: False)
+    assert caught.value.code == TOKEN_UNKNOWN_KEY
+    assert caught.value.field == "kid"
+    assert memo.lookup(token, T0, _published(ring, T0)) is None
+
+
+def test_naive_now_is_refused(ring: Keyring) -> None:
+    memo = VerifiedTokens()
+    token = issue_ear(_input(), ring, T0, TTL)
+    memo.remember_issued(token)
+    with pytest.raises(TokenError):
+        memo.lookup(token, T0.replace(tzinfo=None), _published(ring, T0))
+
+
+def test_bounded_least_recently_used_first(ring: Keyring) -> None:
+    memo = VerifiedTokens(capacity=2)
+    a, b, c = (issue_ear(_input(), ring, T0, TTL) for _ in range(3))
+    memo.remember_issued(a)
+    memo.remember_issued(b)
+    assert memo.lookup(a, T0, _published(ring, T0)) is not None  # a is now the most recent
+    memo.remember_issued(c)
+    assert len(memo) == 2
+    assert memo.lookup(b, T0, _published(ring, T0)) is None
+    assert memo.lookup(a, T0, _published(ring, T0)) is not None
+    assert memo.lookup(c, T0, _published(ring, T0)) is not None
+    with pytest.raises(ValueError, match="capacity"):
+        VerifiedTokens(capacity=0)
+
+
+def test_not_a_string_and_odd_text_miss(ring: Keyring) -> None:
+    memo = VerifiedTokens()
+    assert memo.lookup(b"bytes", T0, _published(ring, T0)) is None  # type: ignore[arg-type]
+    assert memo.lookup("\ud800.x.y", T0, _published(ring, T0)) is None
+
+
+def test_issued_claims_refuse_what_is_not_a_token() -> None:
+    with pytest.raises(TokenError):
+        issued_ear_claims("a.b")
+    with pytest.raises(TokenError):
+        issued_ear_claims("e30.e30.sig")  # {} header: no kid
+
+
+def test_concurrent_use(ring: Keyring) -> None:
+    memo = VerifiedTokens(capacity=8)
+    tokens = [issue_ear(_input(), ring, T0, TTL) for _ in range(16)]
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for i in range(200):
+                token = tokens[(i + offset) % len(tokens)]
+                claims = memo.lookup(token, T0, _published(ring, T0))
+                if claims is None:
+                    memo.remember_issued(token)
+                else:
+                    assert claims == issued_ear_claims(token)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(memo) <= 8
