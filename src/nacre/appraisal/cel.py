@@ -31,6 +31,7 @@ __all__ = [
     "CelCompileError",
     "CelEvaluationError",
     "CelProgram",
+    "CelVariables",
     "activation",
     "compile_expr",
     "evaluate_bool",
@@ -117,13 +118,36 @@ def activation(verified: VerifiedEvidence) -> dict[str, Any]:
     }
 
 
-def evaluate_bool(program: CelProgram, variables: Mapping[str, Any]) -> bool:
+class CelVariables:
+    """Variables converted to CEL values once, for several evaluations (a policy's rules): the
+    engine otherwise converts every variable again for every expression. One evaluation at a
+    time (the engine's context is not thread-safe): build one per policy evaluation.
+
+    Raises :class:`CelEvaluationError` when a value has no CEL form (a set, an object)."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, variables: Mapping[str, Any]) -> None:
+        import cel as _cel
+
+        try:
+            self._context = _cel.Context(dict(variables))
+        except (KeyboardInterrupt, SystemExit):  # pragma: no cover
+            raise
+        except BaseException as exc:  # ValueError from the binding; a Rust panic otherwise
+            raise CelEvaluationError(
+                f"{type(exc).__name__}: {_short(str(exc))}", field="variables"
+            ) from None
+
+
+def evaluate_bool(program: CelProgram, variables: Mapping[str, Any] | CelVariables) -> bool:
     """Evaluate ``program``; return its boolean result.
 
     Raise :class:`CelEvaluationError` when evaluation fails or the result is not a boolean.
     """
     try:
-        result = program._program.execute(dict(variables))
+        env = variables._context if isinstance(variables, CelVariables) else dict(variables)
+        result = program._program.execute(env)
     except (KeyboardInterrupt, SystemExit):  # pragma: no cover
         raise
     except KeyError as exc:

@@ -29,11 +29,11 @@ them run; the first failed one is the one a 403 names.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from nacre.appraisal.cel import CelEvaluationError, evaluate_bool
+from nacre.appraisal.cel import CelEvaluationError, CelVariables, evaluate_bool
 from nacre.appraisal.rules import MAX_RULES, NamedRule, parse_rule_document
 from nacre.token import EarClaims
 
@@ -130,7 +130,7 @@ _USED_CACHE_MAX: Final = 4096
 _used_names: dict[str, frozenset[str]] = {}
 
 
-def _used(rule: ReleaseRule, variables: dict[str, Any]) -> dict[str, Any]:
+def _used_by(rule: ReleaseRule, variables: dict[str, Any]) -> frozenset[str]:
     """The variables ``rule`` may name: those whose name occurs in its source as an identifier
     token. Handing the CEL engine only these spares converting the rest (the whole token) on
     every evaluation. A CEL expression reaches a variable only by naming it, so nothing it reads
@@ -142,7 +142,23 @@ def _used(rule: ReleaseRule, variables: dict[str, Any]) -> dict[str, Any]:
         if len(_used_names) >= _USED_CACHE_MAX:
             _used_names.clear()
         _used_names[source] = names
-    return {name: value for name, value in variables.items() if name in names}
+    return names
+
+
+def _rule_variables(
+    rules: tuple[ReleaseRule, ...], variables: dict[str, Any]
+) -> Callable[[ReleaseRule], Mapping[str, Any] | CelVariables]:
+    """What each rule is evaluated over: the variables any of the rules uses, converted to CEL
+    once for all of them; when one has no CEL form, each rule gets its own (so only the rules
+    that name it fail, with the reason)."""
+    names = frozenset().union(*(_used_by(rule, variables) for rule in rules))
+    if not rules:
+        return lambda _rule: {}
+    try:
+        shared = CelVariables({k: v for k, v in variables.items() if k in names})
+    except CelEvaluationError:
+        return lambda rule: {k: v for k, v in variables.items() if k in _used_by(rule, variables)}
+    return lambda _rule: shared
 
 
 def evaluate_release(
@@ -163,9 +179,11 @@ def evaluate_release(
             "the attestation result must be " + " or ".join(allowed_status),
         )
     ]
-    for rule in policy.rules if policy is not None else ():
+    rules = policy.rules if policy is not None else ()
+    over = _rule_variables(rules, variables)
+    for rule in rules:
         try:
-            passed = evaluate_bool(rule.program, _used(rule, variables))
+            passed = evaluate_bool(rule.program, over(rule))
             actual = str(passed).lower()
             why = rule.message or ("rule holds" if passed else "rule does not hold")
         except CelEvaluationError as exc:
