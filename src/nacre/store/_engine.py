@@ -34,6 +34,7 @@ __all__ = [
     "UNSYNCED",
     "current_revision",
     "make_engine",
+    "sqlite_begin_write",
     "sqlite_path",
     "upgrade_head",
 ]
@@ -104,10 +105,15 @@ def _sqlite_begin(conn: Connection) -> None:
     if options.get(READ_ONLY):
         driver.execute("BEGIN")
         return
+    sqlite_begin_write(driver, conn.connection.info, unsynced=bool(options.get(UNSYNCED)))
+
+
+def sqlite_begin_write(driver: Any, info: dict[Any, Any], *, unsynced: bool) -> None:
+    """Open a write transaction (``BEGIN IMMEDIATE``) on the SQLite driver connection ``driver``
+    whose pool record keeps ``info``, committing with an fsync unless ``unsynced``."""
     # The level applies to this connection's commits; set it (outside any transaction) only
     # when it changes. A connection starts at FULL (_sqlite_connect).
-    level = "NORMAL" if options.get(UNSYNCED) else "FULL"
-    info = conn.connection.info
+    level = "NORMAL" if unsynced else "FULL"
     if info.get(_SYNC_INFO, "FULL") != level:
         driver.execute(f"PRAGMA synchronous={level}")
         info[_SYNC_INFO] = level

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
-__all__ = ["FastRow", "Prepared", "dbapi_of", "integrity_errors"]
+__all__ = ["FastRow", "Prepared", "RawConnection", "dbapi_of", "integrity_errors"]
 
 _Processor = Callable[[Any], Any] | None
 
@@ -42,6 +42,17 @@ class FastRow:
 
     def __getitem__(self, name: str) -> Any:
         return self._values[name]
+
+
+class RawConnection:
+    """A driver connection inside a transaction its holder opened, with the engine's dialect:
+    what :meth:`Prepared.on` needs without an SQLAlchemy :class:`Connection` around it."""
+
+    __slots__ = ("dbapi", "dialect")
+
+    def __init__(self, dbapi: Any, dialect: Dialect) -> None:
+        self.dbapi = dbapi
+        self.dialect = dialect
 
 
 class _Compiled:
@@ -116,8 +127,13 @@ class Prepared:
         finally:
             cursor.close()
 
-    def on(self, conn: Connection, params: Mapping[str, Any]) -> tuple[list[FastRow], int]:
-        """Run inside the transaction of an SQLAlchemy connection (its DBAPI connection)."""
+    def on(
+        self, conn: Connection | RawConnection, params: Mapping[str, Any]
+    ) -> tuple[list[FastRow], int]:
+        """Run inside the caller's transaction: an SQLAlchemy connection's (on its DBAPI
+        connection) or a :class:`RawConnection`'s."""
+        if isinstance(conn, RawConnection):
+            return self.execute(conn.dbapi, conn.dialect, params)
         return self.execute(dbapi_of(conn), conn.dialect, params)
 
 

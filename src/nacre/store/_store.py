@@ -34,10 +34,11 @@ from nacre.store._engine import (
     UNSYNCED,
     current_revision,
     make_engine,
+    sqlite_begin_write,
     sqlite_path,
     upgrade_head,
 )
-from nacre.store._fast import FastRow, Prepared, integrity_errors
+from nacre.store._fast import FastRow, Prepared, RawConnection, integrity_errors
 from nacre.store.audit import (
     AuditEntry,
     PendingEntry,
@@ -216,6 +217,15 @@ _ATTEST_SESSION: Final = Prepared(
     .where(t.sessions.c.id == bindparam("s_id"), t.sessions.c.expires_at > bindparam("s_at"))
     .values(state="attested", tee_pubkey=bindparam("s_tee_pubkey"), token=bindparam("s_token"))
     .returning(t.sessions.c.tee, t.sessions.c.created_at, t.sessions.c.expires_at)
+)
+
+_NONCE_ROW: Final = Prepared(
+    select(t.nonces.c.consumed_at, t.nonces.c.expires_at).where(
+        t.nonces.c.value == bindparam("n_value"), t.nonces.c.session_id == bindparam("n_sid")
+    )
+)
+_SESSION_EXISTS: Final = Prepared(
+    select(t.sessions.c.id).where(t.sessions.c.id == bindparam("sid"))
 )
 
 
@@ -513,6 +523,33 @@ class Store:
             raise _conflict(exc) from exc
 
     @contextmanager
+    def _write(self, *, unsynced: bool = False) -> Iterator[Connection | RawConnection]:
+        """A write transaction for :class:`Prepared` statements only, committed on exit, as
+        :meth:`_tx`. On SQLite it runs on the pooled driver connection itself: SQLAlchemy's
+        connection and transaction machinery cost more than the statements of a KBS write."""
+        if not self._sqlite:
+            with self._tx(unsynced=unsynced) as conn:
+                yield conn
+            return
+        pooled = self._engine.raw_connection()
+        try:
+            driver = pooled.dbapi_connection
+            assert driver is not None
+            with self._write_lock:
+                sqlite_begin_write(driver, pooled.info, unsynced=unsynced)
+                try:
+                    yield RawConnection(driver, self._dialect)
+                except BaseException:
+                    if driver.in_transaction:
+                        driver.execute("ROLLBACK")
+                    raise
+                driver.execute("COMMIT")
+        except self._integrity as exc:
+            raise _conflict(exc) from exc
+        finally:
+            pooled.close()  # back to the pool, which rolls back whatever a failure left open
+
+    @contextmanager
     def _raw_read(self) -> Iterator[Any]:
         """A read-only snapshot on a pooled DBAPI connection, for :class:`Prepared` statements
         (SQLite: a deferred transaction, as :meth:`_read`)."""
@@ -566,7 +603,7 @@ class Store:
         )
         if durable or not self._sqlite:
             return self._audit_batches.submit(entry)
-        with self._tx(unsynced=True) as conn:
+        with self._write(unsynced=True) as conn:
             appended = append_prepared(conn, entry)
         with self._deferred_lock:
             self._deferred += 1
@@ -591,7 +628,7 @@ class Store:
             self._wal_syncs.submit(None)
 
     def _append_batch(self, entries: Sequence[PendingEntry]) -> list[AuditEntry]:
-        with self._tx() as conn:
+        with self._write() as conn:
             return [append_prepared(conn, entry) for entry in entries]
 
     def audit_entries(self, *, after: int = 0, limit: int | None = None) -> list[AuditEntry]:
@@ -1304,7 +1341,7 @@ class Store:
         at = _now(now)
         expires = at + ttl
         try:
-            with self._tx(unsynced=True) as conn:
+            with self._write(unsynced=True) as conn:
                 _INSERT_SESSION.on(
                     conn, {"id": sid, "tee": tee, "created_at": at, "expires_at": expires}
                 )
@@ -1312,7 +1349,7 @@ class Store:
                     conn,
                     {"value": value, "session_id": sid, "created_at": at, "expires_at": expires},
                 )
-        except IntegrityError as exc:
+        except ConflictError as exc:
             raise ConflictError(
                 "session id or nonce already used",
                 field="session",
@@ -1355,14 +1392,15 @@ class Store:
         session = _session(row, "" if nonce is None else str(nonce))
         return session, _prefixed_policy(row, "p")
 
-    def _consume(self, conn: Connection, session_id: str, nonce: str, at: datetime) -> None:
-        n = t.nonces
-        _, count = _CONSUME_NONCE.on(conn, {"n_value": nonce, "n_sid": session_id, "n_at": at})
+    def _consume(
+        self, conn: Connection | RawConnection, session_id: str, nonce: str, at: datetime
+    ) -> None:
+        params = {"n_value": nonce, "n_sid": session_id, "n_at": at}
+        _, count = _CONSUME_NONCE.on(conn, params)
         if count == 1:
             return
-        row = conn.execute(
-            select(n).where(n.c.value == nonce, n.c.session_id == session_id)
-        ).one_or_none()
+        rows, _ = _NONCE_ROW.on(conn, params)
+        row = rows[0] if rows else None
         if row is None:
             raise NonceError(
                 "unknown nonce for this session",
@@ -1392,7 +1430,7 @@ class Store:
         UPDATE matches only while ``consumed_at IS NULL``; the others raise :class:`NonceError`."""
         _check_id("session id", session_id)
         at = _now(now)
-        with self._tx(unsynced=True) as conn:
+        with self._write(unsynced=True) as conn:
             self._consume(conn, session_id, nonce, at)
 
     def attest_session(
@@ -1413,7 +1451,7 @@ class Store:
                 )
             _check_size(field, value.encode("utf-8"), MAX_SESSION_FIELD_BYTES)
         at = _now(now)
-        with self._tx(unsynced=True) as conn:
+        with self._write(unsynced=True) as conn:
             # One statement writes the live session (taking its row lock on PostgreSQL) and
             # returns it; the nonce is then consumed in the same transaction (a NonceError rolls
             # both back).
@@ -1422,12 +1460,10 @@ class Store:
             )
             row = rows[0] if rows else None
             if row is None:
-                exists = conn.execute(
-                    select(t.sessions.c.id).where(t.sessions.c.id == session_id)
-                ).first()
+                exists, _ = _SESSION_EXISTS.on(conn, {"sid": session_id})
                 raise NotFoundError(
                     "no live session",
-                    code="SESSION_EXPIRED" if exists is not None else "NOT_FOUND",
+                    code="SESSION_EXPIRED" if exists else "NOT_FOUND",
                     field="session id",
                     expected="a live session",
                     actual=session_id,

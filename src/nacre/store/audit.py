@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from nacre.errors import LimitExceededError, UsageError
-from nacre.store._fast import Prepared
+from nacre.store._fast import Prepared, RawConnection
 from nacre.store._schema import AUDIT_GENESIS_HASH, audit, audit_head
 from nacre.store.errors import StoreError
 
@@ -230,7 +230,7 @@ def append_entry(
     return append_prepared(conn, entry)
 
 
-def append_prepared(conn: Connection, entry: PendingEntry) -> AuditEntry:
+def append_prepared(conn: Connection | RawConnection, entry: PendingEntry) -> AuditEntry:
     """Chain ``entry`` after the current head, inside the caller's transaction."""
     # 1. Lock the chain head: concurrent appenders queue here (FOR UPDATE; BEGIN IMMEDIATE on SQLite).
     rows, _ = _LOCK_HEAD.on(conn, {})
