@@ -11,12 +11,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from functools import lru_cache
 from typing import Any, Final
 
+import orjson
 from starlette.responses import JSONResponse, Response
 
 from nacre.errors import NacreError, UsageError, VerificationError
@@ -42,6 +46,43 @@ __all__ = ["KBS_PROTOCOL_VERSION", "KBS_SESSION_COOKIE", "KbsHandlers", "kbs_han
 
 KBS_PROTOCOL_VERSION: Final = "0.4.0"
 KBS_SESSION_COOKIE: Final = "kbs-session-id"
+#: Session ids written into the cookie as they are: characters a cookie value holds unquoted
+#: (http.cookies' legal set), which every id the store issues or accepts is made of.
+_COOKIE_VALUE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class _KbsJson(JSONResponse):
+    """A JSON answer rendered by orjson: the bytes Starlette's JSONResponse writes (compact,
+    UTF-8, no NaN) for the KBS answers' plain values, in a fraction of the time."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+@lru_cache(maxsize=8)
+def _http_date(timestamp: int) -> str:
+    return format_datetime(datetime.fromtimestamp(timestamp, UTC), usegmt=True)
+
+
+def _set_cookie(response: Response, session_id: str, expires: datetime) -> None:
+    """``Set-Cookie: kbs-session-id=<id>; expires=<HTTP date>; HttpOnly; Path=/;
+    SameSite=strict``, as Starlette's ``set_cookie`` writes it, without building a cookie jar
+    for one header (an id with any other character goes through Starlette)."""
+    if not _COOKIE_VALUE.fullmatch(session_id):
+        response.set_cookie(
+            KBS_SESSION_COOKIE,
+            session_id,
+            expires=expires,
+            path="/",
+            httponly=True,
+            samesite="strict",
+        )
+        return
+    value = (
+        f"{KBS_SESSION_COOKIE}={session_id}; expires={_http_date(int(expires.timestamp()))}; "
+        "HttpOnly; Path=/; SameSite=strict"
+    )
+    response.raw_headers.append((b"set-cookie", value.encode("latin-1")))
 
 
 def _primary_quote(tee_evidence: Any) -> tuple[bytes, str]:
@@ -150,19 +191,9 @@ def kbs_handlers(svc: NacreService, *, deferred_audit: bool = False) -> KbsHandl
         nonce = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
         session = svc.store.create_session(body.tee, ttl=config.session_ttl, now=now, nonce=nonce)
         svc.sweep_now_and_then(now)
-        response = JSONResponse({"nonce": session.nonce, "extra-params": ""})
+        response = _KbsJson({"nonce": session.nonce, "extra-params": ""})
         _set_cookie(response, session.id, session.expires_at)
         return response
-
-    def _set_cookie(response: Response, session_id: str, expires: datetime) -> None:
-        response.set_cookie(
-            KBS_SESSION_COOKIE,
-            session_id,
-            expires=expires,
-            path="/",
-            httponly=True,
-            samesite="strict",
-        )
 
     def _session(sid: str | None) -> str:
         if not sid:
@@ -323,7 +354,7 @@ def kbs_handlers(svc: NacreService, *, deferred_audit: bool = False) -> KbsHandl
         except NotFoundError as exc:
             raise Problem.from_error(401, exc, kind="UnAuthenticated", kbs=True) from None
         log_event("kbs.attest", tee=session.tee, status=result.status, sim=appraised.verified.sim)
-        response = JSONResponse({"token": token})
+        response = _KbsJson({"token": token})
         _set_cookie(response, sid, session.expires_at)
         return response
 
@@ -423,7 +454,7 @@ def kbs_handlers(svc: NacreService, *, deferred_audit: bool = False) -> KbsHandl
         audit("released", {"version": resource.version, "policy_id": info.policy_id})
         svc.metrics.releases.labels("released").inc()
         log_event("kbs.release", resource=str(name), version=resource.version)
-        return JSONResponse(jwe)
+        return _KbsJson(jwe)
 
     def _auditor(
         actor: str, target: str, claims: EarClaims, now: datetime
