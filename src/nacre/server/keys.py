@@ -195,10 +195,10 @@ class ServiceKeyring:
             self._verified.remember(token, claims)
             return claims
 
-    def remember_issued(self, token: str) -> None:
+    def remember_issued(self, token: str, claims: EarClaims) -> None:
         """Note a token this replica has just signed, so that verifying it here skips the
         signature check (:meth:`verify`)."""
-        self._verified.remember_issued(token)
+        self._verified.remember(token, claims)
 
     def rotate(self, now: datetime, *, actor: str) -> tuple[SigningKey, bool]:
         """Rotate now: a new current key (the old one stays published until its tokens expire).

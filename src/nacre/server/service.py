@@ -22,7 +22,8 @@ from nacre.server.observe import Metrics
 from nacre.server.problems import Problem
 from nacre.server.release import ReleasePolicy, parse_release_policy
 from nacre.store import Policy, Store, open_store
-from nacre.token import EarInput, issue_ear
+from nacre.token import EarInput
+from nacre.token.ear import issue_ear_with_claims
 
 __all__ = ["BEARER", "KBS_TEES", "SWEEP_EVERY", "NacreService", "b64decode"]
 
@@ -156,14 +157,14 @@ class NacreService:
             sim=v.sim,
             init_data_claims=init_data,
         )
-        token = issue_ear(
+        token, issued = issue_ear_with_claims(
             ear,
             self.keyring.signing_ring(now),
             now,
             self.config.token_ttl,
             issuer=self.config.issuer,
         )
-        self.keyring.remember_issued(token)
+        self.keyring.remember_issued(token, issued)
         return token
 
     def sweep_now_and_then(self, now: datetime) -> None:

@@ -68,6 +68,7 @@ __all__ = [
     "EarInput",
     "EarStatus",
     "issue_ear",
+    "issue_ear_with_claims",
     "status_of_claim",
     "verify_ear",
 ]
@@ -248,6 +249,19 @@ def issue_ear(
 
     ``ttl`` may not exceed ``keyring.max_token_ttl``: the keyring retires keys on that promise.
     """
+    return issue_ear_with_claims(result, keyring, now, ttl, issuer=issuer)[0]
+
+
+def issue_ear_with_claims(
+    result: EarInput,
+    keyring: Keyring,
+    now: datetime,
+    ttl: timedelta,
+    *,
+    issuer: str | None = None,
+) -> tuple[str, EarClaims]:
+    """:func:`issue_ear`, and the claims :func:`verify_ear` will find in the token (for a
+    :class:`~nacre.token.verified_tokens.VerifiedTokens` memo: no need to parse it back)."""
     if not timedelta(0) < ttl <= keyring.max_token_ttl:
         raise KeyringError(
             "token TTL outside what the keyring retires keys for",
@@ -289,7 +303,9 @@ def issue_ear(
             actual=len(token),
             hint="leave bulky evidence (additional-evidence, certificates) out of the claims",
         )
-    return token
+    # The claims signed are JSON values already (EarInput holds JSON round trips): they read
+    # back from the token as they are.
+    return token, _ear_claims(key.kid, claims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,24 +510,6 @@ def check_ear_binding(ear: EarClaims, *, issuer: str | None, nonce: str | None) 
         raise _invalid(
             "token nonce differs", field="eat_nonce", expected=nonce, actual=repr(token_nonce)
         )
-
-
-def issued_ear_claims(token: str) -> EarClaims:
-    """The claims of a token :func:`issue_ear` just returned, parsed as :func:`verify_ear`
-    parses them once the signature is checked (for a :class:`~nacre.token.VerifiedTokens`
-    memo: this process signed it, so there is no signature to check)."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise _invalid(
-            "token is not a compact JWS", field="token", expected="3 parts", actual=len(parts)
-        )
-    kid = _json_object(parts[0], "header").get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise _invalid("token names no key", field="kid", actual=repr(kid))
-    claims = _json_object(parts[1], "payload")
-    _timestamp(claims, "exp")
-    _timestamp(claims, "iat")
-    return _ear_claims(kid, claims)
 
 
 def _check_times(claims: Mapping[str, Any], now: datetime, leeway: timedelta) -> None:

@@ -3,7 +3,7 @@
 A KBS handshake verifies the token it has just issued (the resource request presents it by
 cookie or as a bearer): an ES256 verification and a JWS parse that repeat what the process
 already knows. :class:`VerifiedTokens` remembers the parsed claims of tokens this process signed
-(:meth:`VerifiedTokens.remember_issued`) or verified, keyed by the SHA-256 of the whole token, so
+(:func:`~nacre.token.ear.issue_ear_with_claims`) or verified, keyed by the SHA-256 of the whole token, so
 only a byte-identical token hits.
 
 What a hit skips is the signature check alone. At every use the caller's check still runs:
@@ -22,12 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Final
 
-from nacre.token.ear import (
-    DEFAULT_LEEWAY,
-    EarClaims,
-    check_ear_times,
-    issued_ear_claims,
-)
+from nacre.token.ear import DEFAULT_LEEWAY, EarClaims, check_ear_times
 from nacre.token.errors import TOKEN_UNKNOWN_KEY, TokenError
 
 __all__ = ["DEFAULT_CAPACITY", "VerifiedTokens"]
@@ -87,19 +82,14 @@ class VerifiedTokens:
         return claims
 
     def remember(self, token: str, claims: EarClaims) -> None:
-        """Remember ``claims``, the result of verifying ``token``'s signature and shape."""
+        """Remember ``claims``: what verifying ``token`` gave, or what signing it did
+        (:func:`~nacre.token.ear.issue_ear_with_claims`)."""
         digest = _digest(token)
         with self._lock:
             self._entries[digest] = claims
             self._entries.move_to_end(digest)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
-
-    def remember_issued(self, token: str) -> EarClaims:
-        """Remember a token this process has just signed (``issue_ear``'s return value)."""
-        claims = issued_ear_claims(token)
-        self.remember(token, claims)
-        return claims
 
     def forget(self, token: str) -> None:
         with self._lock:
