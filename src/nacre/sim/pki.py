@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Final
 
@@ -343,7 +344,10 @@ class SimPki:
         return _crl(self.pck_ca, self.pck_ca_key, this_update, next_update, revoked)
 
 
+@lru_cache(maxsize=32)
 def _pem(*certs: x509.Certificate) -> bytes:
+    """The PEM of ``certs``, one after the other (remembered: a platform's chains never change,
+    and every simulated quote carries its PCK chain)."""
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 

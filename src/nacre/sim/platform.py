@@ -19,6 +19,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -153,6 +154,13 @@ class _Config:
                 actual=str(exc)[:120],
                 hint="recreate the platform with: nacre sim init --force",
             ) from exc
+
+
+@lru_cache(maxsize=64)
+def _measured(manifest: Manifest, signer: ec.EllipticCurvePrivateKey) -> Measurement:
+    """The measurement of a manifest signed by the platform's signer (both immutable, so
+    remembered: a workload quotes its one manifest again and again)."""
+    return measure(manifest, signer.public_key())
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +333,10 @@ class SimPlatform:
 
     def measure(self, manifest: Manifest | None = None) -> Measurement:
         """The measurement of ``manifest`` (default: an empty workload) on this platform."""
-        return measure(manifest or Manifest(), self.signer_key.public_key())
+        manifest = manifest or Manifest()
+        if manifest.signer_key is not None:  # a key file: read it every time
+            return measure(manifest, self.signer_key.public_key())
+        return _measured(manifest, self.signer_key)
 
     def quote(self, tee: str, report_data: bytes, manifest: Manifest | None = None) -> bytes:
         """An SGX v3 or TDX v4 quote of ``manifest`` carrying ``report_data`` (<= 64 bytes)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from cryptography.hazmat.primitives import serialization
@@ -155,6 +156,23 @@ def _qe_report(inputs: QuoteInputs, att_key_raw: bytes) -> EnclaveReportBody:
     )
 
 
+@lru_cache(maxsize=16)
+def _certified_attestation_key(inputs: QuoteInputs) -> tuple[bytes, QeReportCertificationData]:
+    """The attestation key (raw X || Y) and the QE's certification of it: its report binding the
+    key, signed with the PCK key, and the PCK chain. Hardware makes these once per attestation
+    key, when the QE certifies it, and puts the same bytes in every quote: so does this."""
+    att_key_raw = inputs.attestation_key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )[1:]
+    qe_report = _qe_report(inputs, att_key_raw)
+    return att_key_raw, QeReportCertificationData(
+        qe_report=qe_report,
+        qe_report_signature=raw_signature(inputs.pck_key, qe_report.to_bytes()),
+        qe_auth_data=QE_AUTH_DATA,
+        certification_data=CertificationData(CERT_TYPE_PCK_CHAIN, inputs.pck_chain_pem + b"\x00"),
+    )
+
+
 def build_quote(tdx: bool, m: Measurement, report_data: bytes, inputs: QuoteInputs) -> bytes:
     """An SGX v3 (``tdx=False``) or TDX v4 quote for measurement ``m``, signed end to end."""
     rd = _check_report_data(report_data)
@@ -170,16 +188,7 @@ def build_quote(tdx: bool, m: Measurement, report_data: bytes, inputs: QuoteInpu
     body: EnclaveReportBody | TdReport10 = (
         _td_body(m, inputs.tee_tcb_svn, rd) if tdx else _sgx_body(m, inputs.cpu_svn, rd)
     )
-    att_key_raw = inputs.attestation_key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )[1:]
-    qe_report = _qe_report(inputs, att_key_raw)
-    qe = QeReportCertificationData(
-        qe_report=qe_report,
-        qe_report_signature=raw_signature(inputs.pck_key, qe_report.to_bytes()),
-        qe_auth_data=QE_AUTH_DATA,
-        certification_data=CertificationData(CERT_TYPE_PCK_CHAIN, inputs.pck_chain_pem + b"\x00"),
-    )
+    att_key_raw, qe = _certified_attestation_key(inputs)
     unsigned = DcapQuote(
         header=header,
         body=body,
