@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from importlib.metadata import PackageNotFoundError, version
 from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -54,7 +56,7 @@ from nacre.token.errors import (
     KeyringError,
     TokenError,
 )
-from nacre.token.keyring import Keyring, b64url_decode, b64url_encode
+from nacre.token.keyring import Keyring, SigningKey, b64url_decode, b64url_encode
 
 __all__ = [
     "AR4SI_CLAIMS",
@@ -152,6 +154,24 @@ def _frozen_json(value: Any, where: str) -> Any:
         ) from None
 
 
+def _json_copy(value: Any) -> Any:
+    """A detached deep copy of a value :func:`_frozen_json` has already proven JSON (string
+    keys, no NaN): orjson's round trip, or the json module's for what orjson refuses (integers
+    over 64 bits)."""
+    try:
+        return orjson.loads(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        return json.loads(json.dumps(value))
+
+
+def _payload(claims: dict[str, Any]) -> bytes:
+    """The JWT payload: compact UTF-8 JSON (orjson; the json module for integers over 64 bits)."""
+    try:
+        return orjson.dumps(claims)
+    except orjson.JSONEncodeError:
+        return json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 @dataclass(frozen=True, slots=True)
 class EarInput:
     """What an appraisal concluded about one TEE, as the token will state it."""
@@ -228,13 +248,36 @@ class EarInput:
             evidence["runtime_data_claims"] = runtime
         if self.init_data_claims is not None:
             evidence["init_data_claims"] = dict(self.init_data_claims)
-        return _frozen_json(evidence, "annotated-evidence")  # type: ignore[no-any-return]
+        return _json_copy(evidence)  # type: ignore[no-any-return]
 
 
 def _numeric_date(moment: datetime, name: str) -> int:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise TokenError("times must be timezone-aware", field=name, actual=moment.isoformat())
     return int(moment.timestamp())
+
+
+#: joserfc keys of ring keys, by (kid, private): joserfc serialises a key to a JWK (private
+#: numbers included) the first time it uses it, on every new ECKey. Entries hold the ring key
+#: they came from and are used only for that very object.
+_JOSE_KEYS: dict[tuple[str, bool], tuple[ec.EllipticCurvePrivateKey, ECKey]] = {}
+_JOSE_KEYS_MAX: Final = 64
+_jose_keys_lock = threading.Lock()
+
+
+def _jose_key(key: SigningKey, *, private: bool) -> ECKey:
+    """The joserfc key for ``key`` (its private half to sign, else its public half)."""
+    slot = (key.kid, private)
+    cached = _JOSE_KEYS.get(slot)
+    if cached is not None and cached[0] is key.private_key:
+        return cached[1]
+    raw = key.private_key if private else key.private_key.public_key()
+    jose = ECKey(raw, raw)
+    with _jose_keys_lock:
+        if len(_JOSE_KEYS) >= _JOSE_KEYS_MAX:
+            _JOSE_KEYS.clear()
+        _JOSE_KEYS[slot] = (key.private_key, jose)
+    return jose
 
 
 def issue_ear(
@@ -290,11 +333,9 @@ def issue_ear_with_claims(
         claims["iss"] = issuer
     if result.nonce is not None:
         claims["eat_nonce"] = result.nonce
-    payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    payload = _payload(claims)
     header = {"alg": _ALG, "kid": key.kid, "typ": "JWT"}
-    token = jws.serialize_compact(
-        header, payload, ECKey(key.private_key, key.private_key), algorithms=[_ALG]
-    )
+    token = jws.serialize_compact(header, payload, _jose_key(key, private=True), algorithms=[_ALG])
     if len(token) > MAX_TOKEN_BYTES:
         raise TokenError(
             "token would exceed the size limit",
@@ -458,11 +499,7 @@ def verify_ear(
     key: ECKey | None
     if isinstance(jwks_or_keyring, Keyring):
         signing_key = jwks_or_keyring.get(kid, now)
-        key = (
-            None
-            if signing_key is None
-            else ECKey(signing_key.public_key(), signing_key.public_key())
-        )
+        key = None if signing_key is None else _jose_key(signing_key, private=False)
     else:
         key = _find_jwk(jwks_or_keyring, kid)
     if key is None:
