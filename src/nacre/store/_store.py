@@ -551,16 +551,16 @@ class Store:
 
     @contextmanager
     def _raw_read(self) -> Iterator[Any]:
-        """A read-only snapshot on a pooled DBAPI connection, for :class:`Prepared` statements
-        (SQLite: a deferred transaction, as :meth:`_read`)."""
+        """A pooled DBAPI connection for one :class:`Prepared` read statement. One statement
+        reads one snapshot by itself (SQLite: its own read transaction in autocommit mode, as
+        the driver is set up; PostgreSQL: the driver's implicit transaction), so no BEGIN."""
         pooled = self._engine.raw_connection()
         try:
             dbapi_conn = pooled.dbapi_connection
             assert dbapi_conn is not None
-            if self._sqlite:
-                dbapi_conn.execute("BEGIN")
             yield dbapi_conn
-            pooled.rollback()
+            if not self._sqlite:
+                pooled.rollback()
         finally:
             pooled.close()  # back to the pool (which rolls back whatever is left open)
 
