@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import stat
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from nacre.collateral.recheck import collateral_validator
 from nacre.collateral.trust import TrustRoots
 from nacre.errors import CollateralError, NacreError, UsageError
 from pcs_simulator import VECTORS, case_json
+from threads_support import run_threads
 
 T0 = datetime(2025, 7, 4, 10, 0, tzinfo=UTC)
 URL = "https://pccs.test:8081/sgx/certification/v4/tcb?fmspc=00A067110000"
@@ -232,30 +232,21 @@ def test_stale_temp_files_are_cleaned_up(tmp_path: Path) -> None:
 
 def test_concurrent_readers_and_writers(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, validate=accept_all, max_entries=5)
-    errors: list[BaseException] = []
     results: list[bytes] = []
 
     def worker(n: int) -> None:
-        try:
-            for i in range(40):
-                url = f"https://kds.test/item/{(n + i) % 8}"
+        for i in range(40):
+            url = f"https://kds.test/item/{(n + i) % 8}"
 
-                def fetch(url: str = url) -> Fetched:
-                    return Fetched(url, url.encode(), None)
+            def fetch(url: str = url) -> Fetched:
+                return Fetched(url, url.encode(), None)
 
-                item = cache.get_or_fetch(url, "vcek", fetch, now=T0)
-                results.append(item.body)
-                if item.body != url.encode():
-                    raise AssertionError(f"{url} served {item.body!r}")
-        except BaseException as exc:
-            errors.append(exc)
+            item = cache.get_or_fetch(url, "vcek", fetch, now=T0)
+            results.append(item.body)
+            if item.body != url.encode():
+                raise AssertionError(f"{url} served {item.body!r}")
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_threads(worker, 8) == []
     assert len(results) == 320
     assert len(cache) <= 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]

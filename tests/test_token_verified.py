@@ -3,38 +3,17 @@ publication are checked at every use; byte-identical tokens only; bounded; threa
 
 from __future__ import annotations
 
-import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from nacre.token.ear import EarClaims, EarInput, issue_ear_with_claims, verify_ear
+from nacre.token.ear import EarClaims, issue_ear_with_claims, verify_ear
 from nacre.token.errors import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_UNKNOWN_KEY, TokenError
-from nacre.token.jwe import public_jwk
 from nacre.token.keyring import Keyring
 from nacre.token.verified_tokens import VerifiedTokens
-
-T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-TTL = timedelta(minutes=5)
-NONCE = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq8w="
-
-
-def _input(**overrides: Any) -> EarInput:
-    fields: dict[str, Any] = {
-        "tee": "sgx",
-        "status": "affirming",
-        "trustworthiness_vector": {"instance-identity": 2, "hardware": 2},
-        "claims": {"mrenclave": "ab" * 32, "isv_svn": 3},
-        "policy_id": "default",
-        "tee_pubkey": public_jwk(ec.generate_private_key(ec.SECP256R1())),
-        "runtime_data": {"nonce": NONCE},
-        "nonce": NONCE,
-        "sim": True,
-    }
-    fields.update(overrides)
-    return EarInput(**fields)
+from test_token_ear import T0, TTL, _input
+from threads_support import run_threads
 
 
 @pytest.fixture
@@ -152,24 +131,15 @@ def test_concurrent_use(ring: Keyring) -> None:
     memo = VerifiedTokens(capacity=8)
     issued = dict(_issue(ring) for _ in range(16))
     tokens = list(issued)
-    errors: list[BaseException] = []
 
     def work(offset: int) -> None:
-        try:
-            for i in range(200):
-                token = tokens[(i + offset) % len(tokens)]
-                claims = memo.lookup(token, T0, _published(ring, T0))
-                if claims is None:
-                    memo.remember(token, issued[token])
-                else:
-                    assert claims == issued[token]
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for i in range(200):
+            token = tokens[(i + offset) % len(tokens)]
+            claims = memo.lookup(token, T0, _published(ring, T0))
+            if claims is None:
+                memo.remember(token, issued[token])
+            else:
+                assert claims == issued[token]
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    assert run_threads(work, 4) == []
     assert len(memo) <= 8
