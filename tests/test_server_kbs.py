@@ -251,6 +251,15 @@ def test_malformed_json_is_400(env: Env) -> None:
     }
     p = _problem(w.client.post("/kbs/v0/attest", json=body), 400)
     assert p["check"] == "evidence"
+    # Trustee's SEV-SNP evidence (the report as a serde JSON object): named, not a vague error.
+    body["tee-evidence"] = {
+        "primary_evidence": {"attestation_report": {"version": 3}, "cert_chain": None},
+        "additional_evidence": "",
+    }
+    p = _problem(w.client.post("/kbs/v0/attest", json=body), 400)
+    assert p["code"] == "EVIDENCE_SHAPE"
+    assert p["field"] == "tee-evidence.attestation_report"
+    assert "not supported yet" in p["title"]
     p = _problem(
         env.client.put(
             f"/admin/v1/resources/{NAME}",

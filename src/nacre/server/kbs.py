@@ -128,6 +128,19 @@ def _primary_quote(tee_evidence: Any) -> tuple[bytes, str]:
                 return b64decode(text, "tee-evidence.primary_evidence", kbs=True), additional
     if isinstance(evidence, dict) and isinstance(evidence.get("quote"), str):
         return b64decode(evidence["quote"], "tee-evidence.quote", kbs=True), additional
+    if isinstance(evidence, dict) and isinstance(evidence.get("attestation_report"), dict):
+        raise Problem(
+            400,
+            "SEV-SNP evidence as Trustee's snp attester writes it (the report as a JSON object) "
+            "is not supported yet",
+            kind="SerdeError",
+            kbs=True,
+            code="EVIDENCE_SHAPE",
+            field="tee-evidence.attestation_report",
+            expected='the raw 1184-byte ATTESTATION_REPORT, base64: {"quote": base64}',
+            actual="a JSON object (attestation_report)",
+            detail="send the report bytes as nacre.sdk and nacre.tee do (configfs-tsm outblob)",
+        )
     raise Problem(
         400,
         "tee-evidence has no quote",
