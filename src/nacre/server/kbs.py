@@ -100,14 +100,7 @@ def _primary_quote(tee_evidence: Any) -> tuple[bytes, str]:
             try:
                 evidence = json.loads(text)
             except ValueError:
-                raise Problem(
-                    400,
-                    "tee-evidence is not JSON",
-                    kind="SerdeError",
-                    kbs=True,
-                    code="EVIDENCE_SHAPE",
-                    field="tee-evidence",
-                ) from None
+                raise _shape_problem("tee-evidence is not JSON", field="tee-evidence") from None
         else:
             return b64decode(text, "tee-evidence", kbs=True), ""
     additional = ""
@@ -129,28 +122,25 @@ def _primary_quote(tee_evidence: Any) -> tuple[bytes, str]:
     if isinstance(evidence, dict) and isinstance(evidence.get("quote"), str):
         return b64decode(evidence["quote"], "tee-evidence.quote", kbs=True), additional
     if isinstance(evidence, dict) and isinstance(evidence.get("attestation_report"), dict):
-        raise Problem(
-            400,
+        raise _shape_problem(
             "SEV-SNP evidence as Trustee's snp attester writes it (the report as a JSON object) "
             "is not supported yet",
-            kind="SerdeError",
-            kbs=True,
-            code="EVIDENCE_SHAPE",
             field="tee-evidence.attestation_report",
             expected='the raw 1184-byte ATTESTATION_REPORT, base64: {"quote": base64}',
             actual="a JSON object (attestation_report)",
             detail="send the report bytes as nacre.sdk and nacre.tee do (configfs-tsm outblob)",
         )
-    raise Problem(
-        400,
+    raise _shape_problem(
         "tee-evidence has no quote",
-        kind="SerdeError",
-        kbs=True,
-        code="EVIDENCE_SHAPE",
         field="tee-evidence",
         expected='{"primary_evidence": {"quote": base64}, "additional_evidence": ""} or {"quote": base64}',
         actual=type(evidence).__name__,
     )
+
+
+def _shape_problem(title: str, **fields: Any) -> Problem:
+    """A 400 for ``tee-evidence`` of a shape this KBS cannot read (code EVIDENCE_SHAPE)."""
+    return Problem(400, title, kind="SerdeError", kbs=True, code="EVIDENCE_SHAPE", **fields)
 
 
 @dataclass(frozen=True, slots=True)
