@@ -10,6 +10,23 @@ import pytest
 # tests/ helpers (vectors.py, pcs_simulator.py) are imported as plain modules.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nacre.store import Store, open_store
+from test_store_support import BACKENDS, database, make_sealer
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on each backend (SQLite file; PostgreSQL schema)."""
+    with database(str(request.param), tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def store(db_url: str, tmp_path: Path) -> Iterator[Store]:
+    """A store on ``db_url`` with a simulated-TEE KEK sealer."""
+    with open_store(db_url, sealer=make_sealer(tmp_path / "tee"), data_dir=tmp_path / "data") as s:
+        yield s
+
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,7 @@ from nacre.cli import app
 from nacre.errors import LimitExceededError, UsageError
 from nacre.store import Store, open_store, verify_chain
 from nacre.store.audit import GENESIS_HASH, entry_hash
-from test_store_support import BACKENDS, NOW, database, make_sealer
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with database(str(request.param), tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url: str, tmp_path: Path) -> Iterator[Store]:
-    with open_store(db_url, sealer=make_sealer(tmp_path / "tee"), data_dir=tmp_path / "data") as s:
-        yield s
+from test_store_support import NOW, make_sealer
 
 
 def _fill(store: Store, n: int = 5) -> None:

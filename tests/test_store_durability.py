@@ -8,16 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import event
 
 from nacre.store import open_store, verify_chain
-from test_store_support import BACKENDS, database, sealer_from_root_file
+from test_store_support import sealer_from_root_file
 
 ACKS_BEFORE_KILL = 40
 
@@ -47,12 +45,6 @@ while True:
     print(i, flush=True)  # acknowledged: the call returned, so the transaction committed
     i += 1
 """
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with database(str(request.param), tmp_path) as url:
-        yield url
 
 
 def test_sigkill_mid_write_loses_no_acknowledged_write(db_url: str, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,22 +18,10 @@ from nacre.store._schema import metadata
 from nacre.store.envelope import KEK_FILE, envelope_aad, open_envelope, seal_envelope
 from nacre.tee.backend import SealingError
 from nacre.tee.sim import SimBackend
-from test_store_support import BACKENDS, database, make_sealer
+from test_store_support import make_sealer
 
 PLAINTEXTS = [b"model-key-PLAINTEXT-0123456789abcdef", b"db-password-hunter2-PLAINTEXT"]
 KEY_MATERIAL = b"-----PRIVATE-SCALAR-0xDEADBEEFCAFEBABE-----"
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with database(str(request.param), tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url: str, tmp_path: Path) -> Iterator[Store]:
-    with open_store(db_url, sealer=make_sealer(tmp_path / "tee"), data_dir=tmp_path / "data") as s:
-        yield s
 
 
 def _write_secrets(store: Store) -> None:

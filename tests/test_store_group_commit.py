@@ -6,17 +6,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from nacre.errors import UsageError
-from nacre.store import Store, open_store, verify_chain
+from nacre.store import Store, verify_chain
 from nacre.store.errors import StoreError
 from nacre.store.group_commit import GroupCommit
-from test_store_support import BACKENDS, database, make_sealer
 
 THREADS = 16
 
@@ -121,15 +119,6 @@ def test_max_batch_bounds_a_transaction() -> None:
         assert sorted(f.result(5) for f in futures) == list(range(10))
     assert max(sizes) <= 3
     assert sum(sizes) == 10
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with (
-        database(str(request.param), tmp_path) as url,
-        open_store(url, sealer=make_sealer(tmp_path / "tee"), data_dir=tmp_path / "data") as s,
-    ):
-        yield s
 
 
 def test_concurrent_records_chain_and_verify(store: Store) -> None:

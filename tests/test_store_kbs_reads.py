@@ -3,25 +3,14 @@ attest write, on SQLite and PostgreSQL: same answers as the general-purpose meth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
-from nacre.store import NonceError, NotFoundError, Store, open_store, verify_chain
-from test_store_support import BACKENDS, NOW, database, make_sealer
+from nacre.store import NonceError, NotFoundError, Store, verify_chain
+from test_store_support import NOW
 
 NONCE = "n" * 43
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with (
-        database(str(request.param), tmp_path) as url,
-        open_store(url, sealer=make_sealer(tmp_path / "tee"), data_dir=tmp_path / "d") as s,
-    ):
-        yield s
 
 
 def test_kbs_session_returns_the_session_and_the_named_policy(store: Store) -> None:

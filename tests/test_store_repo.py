@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,20 +22,7 @@ from nacre.store import (
     verify_chain,
 )
 from nacre.store._schema import metadata
-from test_store_support import BACKENDS, NOW, database, make_sealer
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with database(str(request.param), tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def store(db_url: str, tmp_path: Path) -> Iterator[Store]:
-    with open_store(db_url, sealer=make_sealer(tmp_path / "tee"), data_dir=tmp_path / "data") as s:
-        yield s
-
+from test_store_support import NOW, make_sealer
 
 # -- migrations --------------------------------------------------------------------------------
 
