@@ -208,3 +208,30 @@ def test_postgresql_handlers_run_on_worker_threads(tmp_path: Path) -> None:
         w = Workload(pg)
         w.handshake()
         assert w.resource(NAME).status_code == 200
+
+
+def test_one_log_line_per_request_carries_the_outcome(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.put_secret(NAME, b"x" * 16)
+    w = Workload(env)
+    caplog.set_level("INFO", logger="nacre.server")
+    w.handshake()
+    assert w.resource(NAME).status_code == 200
+    lines = [(getattr(r, "event", None), r.__dict__) for r in caplog.records]
+    assert [event for event, _ in lines] == ["http.request"] * 3
+    auth, attest, release = (fields for _, fields in lines)
+    assert (auth["route"], auth["status"]) == ("/kbs/v0/auth", 200)
+    assert "tee" not in auth
+    assert (attest["route"], attest["tee"], attest["ear_status"], attest["sim"]) == (
+        "/kbs/v0/attest",
+        "sgx",
+        "affirming",
+        True,
+    )
+    assert (release["route"], release["resource"], release["version"]) == (
+        "/kbs/v0/resource/{repo}/{type}/{tag}",
+        NAME,
+        1,
+    )
+    assert w.token not in caplog.text

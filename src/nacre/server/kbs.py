@@ -26,7 +26,6 @@ from starlette.responses import JSONResponse, Response
 from nacre.errors import NacreError, UsageError, VerificationError
 from nacre.server.attest import DEFAULT_POLICY_ID
 from nacre.server.models import KbsAttestRequest, KbsAuthRequest
-from nacre.server.observe import log_event
 from nacre.server.problems import Problem
 from nacre.server.release import evaluate_release
 from nacre.server.service import KBS_TEES, NacreService, b64decode
@@ -54,6 +53,9 @@ _COOKIE_VALUE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 class _KbsJson(JSONResponse):
     """A JSON answer rendered by orjson: the bytes Starlette's JSONResponse writes (compact,
     UTF-8, no NaN) for the KBS answers' plain values, in a fraction of the time."""
+
+    #: The handler's outcome, which the KBS lane adds to the request's one log line.
+    log_fields: dict[str, Any] | None = None
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
@@ -356,8 +358,12 @@ def kbs_handlers(svc: NacreService, *, deferred_audit: bool = False) -> KbsHandl
             ) from None
         except NotFoundError as exc:
             raise Problem.from_error(401, exc, kind="UnAuthenticated", kbs=True) from None
-        log_event("kbs.attest", tee=session.tee, status=result.status, sim=appraised.verified.sim)
         response = _KbsJson({"token": token})
+        response.log_fields = {
+            "tee": session.tee,
+            "ear_status": result.status,
+            "sim": appraised.verified.sim,
+        }
         _set_cookie(response, sid, session.expires_at)
         return response
 
@@ -456,8 +462,9 @@ def kbs_handlers(svc: NacreService, *, deferred_audit: bool = False) -> KbsHandl
             ) from None
         audit("released", {"version": resource.version, "policy_id": info.policy_id})
         svc.metrics.releases.labels("released").inc()
-        log_event("kbs.release", resource=str(name), version=resource.version)
-        return _KbsJson(jwe)
+        response = _KbsJson(jwe)
+        response.log_fields = {"resource": str(name), "version": resource.version}
+        return response
 
     def _auditor(
         actor: str, target: str, claims: EarClaims, now: datetime

@@ -6,7 +6,9 @@ ran: a sixth of the server's work per handshake. This lane does for these three 
 stack did, and nothing more: request id, body limit (413), JSON parsing and validation with the
 same pydantic models, the session cookie and the Bearer token, the handler on the service's
 worker threads, RFC 7807 problems for every error (the same bodies and statuses as every other
-route), the access log and the request metrics. Everything else goes to FastAPI, which also
+route), the access log (one line per request, carrying the handler's outcome: the TEE and EAR
+status of an attestation, the resource and version of a release) and the request metrics.
+Everything else goes to FastAPI, which also
 describes these routes in the OpenAPI document (:mod:`nacre.server.kbs_openapi`).
 """
 
@@ -76,6 +78,7 @@ class KbsLane:
         path = str(scope.get("path", ""))
         route = "unmatched"
         status = 500
+        outcome: dict[str, Any] | None = None
         try:
             try:
                 route, call = self._route(method, path)
@@ -91,6 +94,7 @@ class KbsLane:
                 response = crash_answer(exc, request_id)
             response.headers.append("x-request-id", request_id)
             status = response.status_code
+            outcome = getattr(response, "log_fields", None)
             await response(scope, receive, send)
         finally:
             elapsed = time.perf_counter() - start
@@ -103,6 +107,7 @@ class KbsLane:
                 status=status,
                 duration_ms=round(elapsed * 1000, 3),
                 request_id=request_id,
+                **(outcome or {}),
             )
 
     # -- routing ----------------------------------------------------------------------------------

@@ -8,20 +8,19 @@ Logs carry method, route, status, duration and request id: never bodies, tokens 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nacre.errors import NacreError
+from nacre.server.json_logs import LOGGER_NAME, JsonLogFormatter, log_event
 from nacre.server.problems import Problem, error_problem, problem_response
 
 __all__ = [
@@ -36,41 +35,7 @@ __all__ = [
     "problem_answer",
 ]
 
-LOGGER_NAME: Final = "nacre.server"
 _log = logging.getLogger(LOGGER_NAME)
-_STANDARD_ATTRS: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's extra fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name, value in vars(record).items():
-            if name not in _STANDARD_ATTRS and not name.startswith("_"):
-                out[name] = value
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, separators=(",", ":"))
-
-
-def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log one structured event. Callers pass identifiers and outcomes only, never secrets.
-
-    What ``Logger.log`` does, without its walk up the stack for the caller's file and line
-    (which would always name this function): several events per KBS handshake take this path.
-    """
-    if not _log.isEnabledFor(level):
-        return
-    record = _log.makeRecord(
-        _log.name, level, __file__, 0, event, (), None, "log_event", {"event": event, **fields}
-    )
-    _log.handle(record)
 
 
 class Metrics:
