@@ -101,18 +101,20 @@ def test_sqlite_fsyncs_every_commit_but_kbs_session_state(tmp_path: Path) -> Non
     root.write_bytes(os.urandom(32))
     url = f"sqlite:///{tmp_path / 'db' / 'nacre.db'}"
     with open_store(url, sealer=sealer_from_root_file(root), data_dir=tmp_path / "data") as store:
-        store.engine.dispose()  # from here on, one new pooled connection, traced
-        statements: list[str] = []
+        store.engine.dispose()  # from here on, every new connection is traced
+        # (connection, statement); the hot KBS writes run on the thread's own connection, the
+        # others on pooled ones: each connection has its own synchronous level.
+        statements: list[tuple[int, str]] = []
 
         def trace(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.set_trace_callback(statements.append)
+            conn = id(dbapi_conn)
+            dbapi_conn.set_trace_callback(lambda stmt: statements.append((conn, stmt)))
 
         event.listen(store.engine, "connect", trace)
 
-        def run(label: str, fn: Any) -> list[str]:
-            statements.append(f"-- {label}")
+        def run(label: str, fn: Any) -> None:
+            statements.append((0, f"-- {label}"))
             fn()
-            return statements
 
         session = store.create_session("sgx", ttl=timedelta(minutes=5))
         run("put", lambda: store.put_resource("a/b/c", b"x", actor="t"))
@@ -124,17 +126,15 @@ def test_sqlite_fsyncs_every_commit_but_kbs_session_state(tmp_path: Path) -> Non
         run("sweep", store.sweep_expired)
 
     def level_at(label: str | None) -> str:
-        """The synchronous level in force when the first write after ``label`` began."""
-        start = 0 if label is None else statements.index(f"-- {label}")
-        level = None
-        for stmt in statements[:start]:
+        """The synchronous level in force on its connection when the first write after
+        ``label`` began."""
+        start = 0 if label is None else statements.index((0, f"-- {label}"))
+        levels: dict[int, str] = {}
+        for i, (conn, stmt) in enumerate(statements):
             if stmt.startswith("PRAGMA synchronous="):
-                level = stmt.split("=", 1)[1]
-        for stmt in statements[start:]:
-            if stmt.startswith("PRAGMA synchronous="):
-                level = stmt.split("=", 1)[1]
-            if stmt == "BEGIN IMMEDIATE":
-                return level or "FULL"  # a new connection starts at FULL
+                levels[conn] = stmt.split("=", 1)[1]
+            if i >= start and stmt == "BEGIN IMMEDIATE":
+                return levels.get(conn, "FULL")  # a new connection starts at FULL
         raise AssertionError(f"no write transaction after {label}: {statements}")
 
     assert level_at(None) == "NORMAL"  # create_session
@@ -143,6 +143,10 @@ def test_sqlite_fsyncs_every_commit_but_kbs_session_state(tmp_path: Path) -> Non
     assert level_at("audit") == "FULL"
     assert level_at("sweep") == "NORMAL"
     # The connection-level default is FULL, and the PRAGMA runs outside any transaction.
-    for i, stmt in enumerate(statements):
-        if stmt.startswith("PRAGMA synchronous=") and i + 1 < len(statements):
-            assert statements[i + 1] == "BEGIN IMMEDIATE"
+    pragmas = 0
+    for i, (conn, stmt) in enumerate(statements):
+        if stmt.startswith("PRAGMA synchronous="):
+            pragmas += 1
+            after = [s for c, s in statements[i + 1 :] if c == conn]
+            assert after[:1] == ["BEGIN IMMEDIATE"]
+    assert pragmas >= 2

@@ -80,6 +80,7 @@ from nacre.store.models import (
     Session,
     SessionState,
 )
+from nacre.store.thread_connections import ThreadConnections
 from nacre.store.writer_lock import SqliteWriterLock
 
 __all__ = [
@@ -471,6 +472,8 @@ class Store:
         self._write_lock: AbstractContextManager[object] = (
             SqliteWriterLock(Path(database)) if database else nullcontext()
         )
+        # SQLite: the hot statements run on a connection each thread keeps (no pool round trip).
+        self._connections = ThreadConnections(engine) if database else None
         self._ring = ring
         # Audit entries appended on their own (releases, denials) share commits under load.
         self._audit_batches: GroupCommit[PendingEntry, AuditEntry] = GroupCommit(self._append_batch)
@@ -497,6 +500,8 @@ class Store:
         return self._ring
 
     def close(self) -> None:
+        if self._connections is not None:
+            self._connections.close()
         self._engine.dispose()
         if isinstance(self._write_lock, SqliteWriterLock):
             self._write_lock.close()
@@ -525,18 +530,16 @@ class Store:
     @contextmanager
     def _write(self, *, unsynced: bool = False) -> Iterator[Connection | RawConnection]:
         """A write transaction for :class:`Prepared` statements only, committed on exit, as
-        :meth:`_tx`. On SQLite it runs on the pooled driver connection itself: SQLAlchemy's
-        connection and transaction machinery cost more than the statements of a KBS write."""
-        if not self._sqlite:
+        :meth:`_tx`. On SQLite it runs on this thread's driver connection itself
+        (:class:`~nacre.store.thread_connections.ThreadConnections`): SQLAlchemy's connection,
+        transaction and pool machinery cost more than the statements of a KBS write."""
+        if self._connections is None:
             with self._tx(unsynced=unsynced) as conn:
                 yield conn
             return
-        pooled = self._engine.raw_connection()
         try:
-            driver = pooled.dbapi_connection
-            assert driver is not None
-            with self._write_lock:
-                sqlite_begin_write(driver, pooled.info, unsynced=unsynced)
+            with self._connections.connection() as (driver, info), self._write_lock:
+                sqlite_begin_write(driver, info, unsynced=unsynced)
                 try:
                     yield RawConnection(driver, self._dialect)
                 except BaseException:
@@ -546,21 +549,23 @@ class Store:
                 driver.execute("COMMIT")
         except self._integrity as exc:
             raise _conflict(exc) from exc
-        finally:
-            pooled.close()  # back to the pool, which rolls back whatever a failure left open
 
     @contextmanager
     def _raw_read(self) -> Iterator[Any]:
-        """A pooled DBAPI connection for one :class:`Prepared` read statement. One statement
-        reads one snapshot by itself (SQLite: its own read transaction in autocommit mode, as
-        the driver is set up; PostgreSQL: the driver's implicit transaction), so no BEGIN."""
+        """A DBAPI connection for one :class:`Prepared` read statement. One statement reads one
+        snapshot by itself (SQLite: its own read transaction in autocommit mode, as the driver
+        is set up, on this thread's connection; PostgreSQL: the driver's implicit transaction on
+        a pooled connection, rolled back after), so no BEGIN."""
+        if self._connections is not None:
+            with self._connections.connection() as (driver, _info):
+                yield driver
+            return
         pooled = self._engine.raw_connection()
         try:
             dbapi_conn = pooled.dbapi_connection
             assert dbapi_conn is not None
             yield dbapi_conn
-            if not self._sqlite:
-                pooled.rollback()
+            pooled.rollback()
         finally:
             pooled.close()  # back to the pool (which rolls back whatever is left open)
 
