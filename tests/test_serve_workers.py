@@ -294,6 +294,23 @@ def test_both_workers_serve_and_metrics_sum_over_them(served: Served) -> None:
         conn_b.close()
 
 
+def test_a_burst_of_connections_is_spread_over_the_workers(served: Served) -> None:
+    """Connections opened at once go half to each worker (the kernel and asyncio alone gave
+    one worker most of them), so keep-alive clients share both workers' cores."""
+    server = served.server
+    pids = _workers(server)
+    conns = [Conn.open(server.url) for _ in range(16)]
+    try:
+        for conn in conns:
+            assert conn.get("/healthz")[0] == 200
+        owners = [conn.owner(pids) for conn in conns]
+        counts = sorted(owners.count(pid) for pid in pids)
+        assert counts[1] - counts[0] <= 2, counts
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 def test_kbs_handshakes_through_the_workers(served: Served) -> None:
     server, platform = served.server, served.platform
     mrenclave = platform.measure().mr_enclave.hex()

@@ -13,7 +13,10 @@ in the database, so several processes on one database are replicas (tests/test_s
    (``pass_fds``) and gets the options as JSON in :data:`WORKER_ENV`; it rebuilds the
    :class:`~nacre.server.ServerConfig` from them (:func:`~nacre.server.serve_setup.server_config`,
    the function the parent used), builds its own app (own engine and connection pool, own thread
-   pool) and serves the inherited socket with uvicorn.
+   pool) and serves the inherited socket with uvicorn's HTTP protocol. It accepts connections
+   itself (:class:`~nacre.server.fair_accept.FairAcceptor`): the workers' connection counts sit
+   in a small shared file in the parent's private directory, and a worker holding more than
+   another leaves new connections to it for a moment, so keep-alive clients spread evenly.
 
 Why spawn (fork + exec of a fresh interpreter) and not a bare ``fork``: the parent has imported
 uvicorn, SQLAlchemy, cryptography and the store, and has opened the database, unsealed the KEK and
@@ -50,6 +53,7 @@ it up again); it is race-safe, so this only avoids N-fold idle polling.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -65,11 +69,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from nacre.errors import NacreError, UsageError
 from nacre.server.app import create_app
+from nacre.server.fair_accept import ConnectionShare, FairAcceptor, create_share
 from nacre.server.observe import log_event
 from nacre.server.serve_setup import (
     ServeOptions,
@@ -113,6 +119,8 @@ PARENT_CHECK_TICKS: Final = 5
 #: Exit statuses of a worker asked to stop (uvicorn re-raises the signal after its shutdown).
 _CLEAN_STOP: Final = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
 _WORKER_CODE: Final = "from nacre.server.workers import worker_main; worker_main()"
+#: The workers' connection counts (nacre.server.fair_accept), in the parent's private directory.
+SHARE_FILE: Final = "connections.share"
 
 
 class WorkersFailedError(NacreError):
@@ -207,6 +215,7 @@ class Supervisor:
                 actual=threading.current_thread().name,
             )
         self._metrics_dir = tempfile.mkdtemp(prefix="nacre-metrics-")
+        create_share(Path(self._metrics_dir) / SHARE_FILE, len(self.workers))
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -548,16 +557,58 @@ class _WorkerState:
     ready_fd: int | None
     #: The parent disappeared (the server then shuts down).
     orphaned: bool = False
+    #: The workers' connection counts (None: not found; connections are then not spread).
+    share: ConnectionShare | None = None
 
 
-def _worker_server(config: uvicorn.Config, state: _WorkerState) -> uvicorn.Server:
+def _worker_server(
+    config: uvicorn.Config, state: _WorkerState, listener: socket.socket
+) -> uvicorn.Server:
     import uvicorn
 
     class WorkerServer(uvicorn.Server):
-        """uvicorn's server that tells the parent once it serves and stops when the parent
-        is gone (``on_tick`` runs every 0.1 s on the event loop once startup is complete)."""
+        """uvicorn's server that accepts on the shared socket through a
+        :class:`~nacre.server.fair_accept.FairAcceptor` (connections spread evenly over the
+        workers), tells the parent once it serves and stops when the parent is gone
+        (``on_tick`` runs every 0.1 s on the event loop once startup is complete)."""
+
+        acceptor: FairAcceptor | None = None
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn's startup with no socket of its own (lifespan, state), then the acceptor
+            # with the protocol uvicorn would have made for each connection.
+            await super().startup(sockets=[])
+            if self.should_exit:
+                return
+            loop = asyncio.get_running_loop()
+            config = self.config
+
+            def protocol() -> asyncio.Protocol:
+                made: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config,
+                    server_state=self.server_state,
+                    app_state=self.lifespan.state,
+                    _loop=loop,
+                )
+                return made
+
+            self.acceptor = FairAcceptor(
+                listener,
+                protocol,
+                held=lambda: len(self.server_state.connections),
+                share=state.share,
+                ssl_context=config.ssl,
+            )
+            self.acceptor.start()
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if self.acceptor is not None:
+                self.acceptor.stop()
+            await super().shutdown(sockets=sockets)
 
         async def on_tick(self, counter: int) -> bool:
+            if self.acceptor is not None:
+                self.acceptor.publish()
             if state.ready_fd is not None:
                 with contextlib.suppress(OSError):  # the parent is gone: see below
                     os.write(state.ready_fd, b"1")
@@ -573,6 +624,17 @@ def _worker_server(config: uvicorn.Config, state: _WorkerState) -> uvicorn.Serve
             return await super().on_tick(counter)
 
     return WorkerServer(config)
+
+
+def _open_share(index: int) -> ConnectionShare | None:
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return None
+    try:
+        return ConnectionShare(Path(directory) / SHARE_FILE, index)
+    except (OSError, ValueError) as exc:
+        log_event("serve.worker.no_share", logging.WARNING, worker=index, error=str(exc))
+        return None
 
 
 def worker_main() -> None:
@@ -604,8 +666,8 @@ def worker_main() -> None:
         context = certificate.context
         kwargs["ssl_context_factory"] = lambda _config, _default: context
     uv_config = uvicorn.Config(app, log_config=None, access_log=False, **kwargs)
-    state = _WorkerState(spec.index, spec.parent_pid, spec.ready_fd)
-    _worker_server(uv_config, state).run(sockets=[listener])
+    state = _WorkerState(spec.index, spec.parent_pid, spec.ready_fd, share=_open_share(spec.index))
+    _worker_server(uv_config, state, listener).run(sockets=[listener])
     if state.orphaned:
         # Nobody else will remove the parent's private metrics directory: the workers that
         # outlive it do (a sibling still writing there is shutting down too).
