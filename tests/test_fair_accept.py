@@ -176,3 +176,43 @@ def test_a_connection_that_fails_to_start_is_closed_and_accepting_goes_on(
         return closed, len(live)
 
     assert asyncio.run(run()) == (b"", 1)
+
+
+def test_accept_errors_pause_accepting_instead_of_spinning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from nacre.server import fair_accept
+
+    monkeypatch.setattr(fair_accept, "PAUSE_SECONDS", 0.05)
+
+    class _Exhausted(socket.socket):
+        failures = 0
+
+        def accept(self) -> tuple[socket.socket, object]:
+            if _Exhausted.failures < 3:
+                _Exhausted.failures += 1
+                raise OSError(errno.EMFILE, "Too many open files")
+            return super().accept()
+
+    async def run() -> tuple[int, int]:
+        listener = _Exhausted()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        live: set[_Counted] = set()
+        acceptor = FairAcceptor(
+            listener, lambda: _Counted(live), held=lambda: len(live), share=None
+        )
+        acceptor.start()
+        _r, w = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        for _ in range(300):
+            if live:
+                break
+            await asyncio.sleep(0.01)
+        acceptor.stop()
+        w.close()
+        listener.close()
+        return len(live), _Exhausted.failures
+
+    assert asyncio.run(run()) == (1, 3)  # three failed tries, a pause after each, then served

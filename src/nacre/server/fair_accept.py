@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import mmap
 import os
@@ -41,8 +40,8 @@ DEFER_SECONDS: Final = 0.002
 STALE_SECONDS: Final = 1.0
 #: Connections accepted at most per wakeup (asyncio's server takes up to the backlog).
 BURST: Final = 16
-#: Pause after the process ran out of file descriptors (as asyncio's server does).
-EMFILE_PAUSE_SECONDS: Final = 1.0
+#: Pause after accept failed (e.g. out of file descriptors), as asyncio's server does.
+PAUSE_SECONDS: Final = 1.0
 _SLOT: Final = struct.Struct("=qd")  # connections held, monotonic time of the update
 
 
@@ -186,12 +185,12 @@ class FairAcceptor:
         except ConnectionAbortedError:
             return True  # that one went away while queued: try the next
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log_event("http.accept.paused", logging.ERROR, error=str(exc))
-                self._unread()
-                self._resume = self._loop.call_later(EMFILE_PAUSE_SECONDS, self._read)
-                return False
-            raise
+            # Out of descriptors or memory (or anything else accept refuses): pause rather than
+            # spin on a listener that stays readable, as asyncio's server does.
+            log_event("http.accept.paused", logging.ERROR, error=str(exc), errno=exc.errno)
+            self._unread()
+            self._resume = self._loop.call_later(PAUSE_SECONDS, self._read)
+            return False
         conn.setblocking(False)
         self.accepted += 1
         self._starting += 1
