@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,27 @@ class _Counted(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.live.discard(self)
+
+
+def _listening(sock: socket.socket | None = None, backlog: int = 64) -> socket.socket:
+    """``sock`` (a new TCP socket by default) listening on a free loopback port."""
+    listener = sock if sock is not None else socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(backlog)
+    return listener
+
+
+def _lone(listener: socket.socket) -> tuple[FairAcceptor, set[_Counted]]:
+    """An acceptor with no share (a single worker) and the connections it holds."""
+    live: set[_Counted] = set()
+    acceptor = FairAcceptor(listener, lambda: _Counted(live), held=lambda: len(live), share=None)
+    return acceptor, live
+
+
+async def _until(check: Callable[[], bool], seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def test_share_slots_and_staleness(tmp_path: Path) -> None:
@@ -60,9 +82,7 @@ async def _serve_two(
     peer publishes a low count but never accepts); how many each accepted."""
     path = tmp_path / "share"
     create_share(path, 2)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
+    listener = _listening(backlog=128)
     port = listener.getsockname()[1]
     lives: list[set[_Counted]] = [set(), set()]
     acceptors = []
@@ -117,22 +137,14 @@ def test_a_peer_that_never_accepts_only_delays_connections(tmp_path: Path) -> No
 
 def test_without_a_share_everything_is_accepted_at_once(tmp_path: Path) -> None:
     async def run() -> tuple[int, int]:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        live: set[_Counted] = set()
-        acceptor = FairAcceptor(
-            listener, lambda: _Counted(live), held=lambda: len(live), share=None
-        )
+        listener = _listening()
+        acceptor, live = _lone(listener)
         acceptor.start()
         port = listener.getsockname()[1]
         streams = await asyncio.gather(
             *(asyncio.open_connection("127.0.0.1", port) for _ in range(20))
         )
-        for _ in range(200):
-            if len(live) == 20:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(live) == 20)
         acceptor.stop()
         for _r, w in streams:
             w.close()
@@ -146,9 +158,7 @@ def test_a_connection_that_fails_to_start_is_closed_and_accepting_goes_on(
     tmp_path: Path,
 ) -> None:
     async def run() -> tuple[bytes, int]:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
+        listener = _listening(backlog=8)
         live: set[_Counted] = set()
         calls = 0
 
@@ -165,10 +175,7 @@ def test_a_connection_that_fails_to_start_is_closed_and_accepting_goes_on(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         closed = await asyncio.wait_for(reader.read(), timeout=5)  # EOF: the server closed it
         _r2, w2 = await asyncio.open_connection("127.0.0.1", port)
-        for _ in range(200):
-            if live:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: bool(live))
         acceptor.stop()
         writer.close()
         w2.close()
@@ -197,19 +204,11 @@ def test_accept_errors_pause_accepting_instead_of_spinning(
             return super().accept()
 
     async def run() -> tuple[int, int]:
-        listener = _Exhausted()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        live: set[_Counted] = set()
-        acceptor = FairAcceptor(
-            listener, lambda: _Counted(live), held=lambda: len(live), share=None
-        )
+        listener = _listening(_Exhausted(), backlog=8)
+        acceptor, live = _lone(listener)
         acceptor.start()
         _r, w = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
-        for _ in range(300):
-            if live:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: bool(live))
         acceptor.stop()
         w.close()
         listener.close()
