@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from nacre.errors import UsageError
 from nacre.server.fair_accept import (
     DEFER_SECONDS,
     STALE_SECONDS,
@@ -69,8 +70,13 @@ def test_share_slots_and_staleness(tmp_path: Path) -> None:
     assert a.least_of_others(now) == 2
     a.publish(0, now)
     assert b.least_of_others(now) == 0
-    with pytest.raises(ValueError, match="no slot"):
+    with pytest.raises(UsageError, match="no slot") as refused:
         ConnectionShare(path, 3)
+    assert (refused.value.field, refused.value.expected, refused.value.actual) == (
+        "worker index",
+        "0 to 2",
+        "3",
+    )
     for s in (a, b, c):
         s.close()
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from nacre.errors import UsageError
 from nacre.server.json_logs import log_event
 
 __all__ = ["DEFER_SECONDS", "STALE_SECONDS", "ConnectionShare", "FairAcceptor", "create_share"]
@@ -67,7 +68,12 @@ class ConnectionShare:
         self.workers = size // _SLOT.size
         if not 0 <= index < self.workers:
             self._map.close()
-            raise ValueError(f"worker {index} has no slot in a share of {self.workers}")
+            raise UsageError(
+                "this worker has no slot in the connection share",
+                field="worker index",
+                expected=f"0 to {self.workers - 1}",
+                actual=index,
+            )
         self.index = index
 
     def publish(self, connections: int, now: float) -> None:

@@ -8,8 +8,8 @@ same pydantic models, the session cookie and the Bearer token, the handler on th
 worker threads, RFC 7807 problems for every error (the same bodies and statuses as every other
 route), the access log (one line per request, carrying the handler's outcome: the TEE and EAR
 status of an attestation, the resource and version of a release) and the request metrics.
-Everything else goes to FastAPI, which also
-describes these routes in the OpenAPI document (:mod:`nacre.server.kbs_openapi`).
+Everything else goes to FastAPI, which also describes these routes in the OpenAPI document
+(:mod:`nacre.server.kbs_openapi`).
 """
 
 from __future__ import annotations

@@ -632,7 +632,7 @@ def _open_share(index: int) -> ConnectionShare | None:
         return None
     try:
         return ConnectionShare(Path(directory) / SHARE_FILE, index)
-    except (OSError, ValueError) as exc:
+    except (OSError, UsageError) as exc:
         log_event("serve.worker.no_share", logging.WARNING, worker=index, error=str(exc))
         return None
 
